@@ -1,0 +1,33 @@
+# All set-up happens here: `make demo` and `make test` work on a fresh machine
+# with nothing but Python 3.11 and pip.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.xkd-installed
+DEMO_OUT ?= demo_out
+
+.PHONY: venv demo test lint bench soak clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements-dev.txt -c constraints.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/xkd-demo --out $(DEMO_OUT)
+
+test: $(STAMP)
+	$(BIN)/ruff check xkd_core xkd_ros test bench launch setup.py
+	$(BIN)/python -m pytest -q test
+
+bench: $(STAMP)
+	$(BIN)/python -m bench.run_all
+
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --minutes 10
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info
