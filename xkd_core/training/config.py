@@ -1,0 +1,199 @@
+"""`TrainConfig`: everything one training run needs, loaded strictly from YAML with presets.
+
+A config file holds a base mapping plus `presets: {name: {...}}`; a preset is deep-merged onto the
+base (so one file carries both the full-size GPU recipe and a CPU recipe on the synthetic world),
+then `--set key.path=value` overrides apply, then `xkd_core.config.from_dict` validates every key
+and type. The resolved config is what a checkpoint embeds, so a run is reproducible from it alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from xkd_core.config import ConfigError, apply_overrides, from_dict, load_yaml
+from xkd_core.geometry.augment import ImageAugConfig, PointAugConfig
+from xkd_core.models.xmodel_kd import ModelConfig
+
+
+def _sequence_ids(values: list[str | int] | None, where: str) -> list[str] | None:
+    """YAML reads `08` as a string but `07` as the octal int 7: accept both, store `"07"`."""
+    if values is None:
+        return None
+    out = []
+    for v in values:
+        s = str(v).strip()
+        if not s.isdigit():
+            raise ValueError(f"{where}: sequence id {v!r} is not a number like '08'")
+        out.append(f"{int(s):02d}")
+    return out
+
+
+@dataclass
+class DataConfig:
+    """Where the scans come from and how they are turned into batches."""
+
+    root: str
+    source: Literal["semantickitti", "pairlog"] = "semantickitti"
+    #: SemanticKITTI sequences to train on; None = the official train split. Ignored for `pairlog`.
+    train_sequences: list[str | int] | None = None
+    #: Sequences to validate on (with ground truth); None = the official val split, [] = no validation.
+    val_sequences: list[str | int] | None = None
+    #: SemanticKITTI root holding `val_sequences`; None = `root` (needed when `source` is `pairlog`).
+    val_root: str | None = None
+    #: Pair logs: pseudo-labels with a confidence below this become ignore (0).
+    pairlog_min_confidence: float = 0.0
+    cameras: list[int] = field(default_factory=lambda: [2])
+    image_hw: tuple[int, int] = (320, 960)
+    point_aug: PointAugConfig = field(default_factory=PointAugConfig)
+    image_aug: ImageAugConfig = field(default_factory=ImageAugConfig)
+    batch_size: int = 2
+    val_batch_size: int = 1
+    num_workers: int = 4
+    #: Random subsample of each training scan to at most this many points (CPU runs); None = all.
+    max_points: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.root:
+            raise ValueError("data.root must name the dataset folder")
+        self.train_sequences = _sequence_ids(self.train_sequences, "data.train_sequences")
+        self.val_sequences = _sequence_ids(self.val_sequences, "data.val_sequences")
+        if self.batch_size < 1 or self.val_batch_size < 1:
+            raise ValueError("data.batch_size and data.val_batch_size must be >= 1")
+        if self.num_workers < 0:
+            raise ValueError("data.num_workers must be >= 0")
+        if self.max_points is not None and self.max_points < 1:
+            raise ValueError("data.max_points must be >= 1 (or null for all points)")
+        if len(self.image_hw) != 2 or min(self.image_hw) < 1:
+            raise ValueError(f"data.image_hw must be two positive sizes (H, W), got {self.image_hw}")
+        if not 0.0 <= self.pairlog_min_confidence <= 1.0:
+            raise ValueError("data.pairlog_min_confidence must lie in [0, 1]")
+        if len(set(self.cameras)) != len(self.cameras):
+            raise ValueError(f"data.cameras has duplicates: {self.cameras}")
+
+
+@dataclass
+class OptimConfig:
+    """Optimizer, learning-rate schedule and the training budget (`steps` or `epochs`, not both)."""
+
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    momentum: float = 0.9  # sgd only (nesterov)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"
+    #: Linear warm-up from 0 (cosine/constant); for onecycle it is the rising phase.
+    warmup_steps: int = 0
+    #: The cosine schedule ends at lr * min_lr_ratio.
+    min_lr_ratio: float = 0.0
+    steps: int | None = None
+    epochs: int | None = None
+    #: Max global gradient norm; null disables clipping.
+    clip_grad_norm: float | None = 10.0
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError("optim.weight_decay must be >= 0")
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("set exactly one of optim.steps and optim.epochs")
+        if (self.steps is not None and self.steps < 1) or (self.epochs is not None and self.epochs < 1):
+            raise ValueError("optim.steps / optim.epochs must be >= 1")
+        if self.warmup_steps < 0:
+            raise ValueError("optim.warmup_steps must be >= 0")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError("optim.min_lr_ratio must lie in [0, 1]")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ValueError("optim.clip_grad_norm must be > 0 (or null to disable)")
+
+
+_DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+@dataclass
+class TrainConfig:
+    """One training run: model, data, optimisation and bookkeeping."""
+
+    model: ModelConfig
+    data: DataConfig
+    optim: OptimConfig
+    out_dir: str
+    #: Mixed precision on the GPU (ignored, with a warning, on the CPU).
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    seed: int = 0
+    #: Deterministic kernels (slower on the GPU); CPU runs are deterministic either way.
+    deterministic: bool = False
+    #: auto | cpu | cuda | cuda:N; under torchrun each process uses cuda:LOCAL_RANK.
+    device: str = "auto"
+    #: Sparse-convolution library of this run (a run setting: checkpoints load under any backend).
+    sparse_backend: Literal["auto", "spconv", "spconv_triton"] = "auto"
+    log_every: int = 10
+    #: Validate every this many steps (0 = only at the end of training).
+    val_every: int = 0
+    #: Write last.pt every this many steps (0 = only at the end of training).
+    ckpt_every: int = 0
+    #: Checkpoint whose weights start the run (fine-tuning, e.g. on pair logs); optimiser starts fresh.
+    init_checkpoint: str | None = None
+    #: DDP: allow parameters that get no gradient in a step (e.g. no point-pixel pairs in a batch).
+    find_unused_parameters: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.out_dir:
+            raise ValueError("out_dir must name the run folder")
+        if not _DEVICE.match(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.log_every < 1:
+            raise ValueError("log_every must be >= 1")
+        if self.val_every < 0 or self.ckpt_every < 0:
+            raise ValueError("val_every and ckpt_every must be >= 0")
+        if self.model.backend not in ("auto", self.sparse_backend):
+            raise ValueError(f"model.backend ({self.model.backend!r}) disagrees with sparse_backend "
+                             f"({self.sparse_backend!r}); choose the backend with sparse_backend only")
+        if self.model.use_camera and not self.data.cameras:
+            raise ValueError("model.use_camera is true but data.cameras is empty")
+
+
+def _deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_train_dict(path: str | Path, preset: str | None = None, overrides: Iterable[str] = ()) -> dict:
+    """The raw mapping of a config file after applying `preset` and `key.path=value` overrides."""
+    data = load_yaml(path)
+    presets = data.pop("presets", None) or {}
+    if not isinstance(presets, dict):
+        raise ConfigError(f"{path}: 'presets' must be a mapping of name -> settings")
+    if preset is not None:
+        if preset not in presets:
+            raise ConfigError(f"{path}: unknown preset {preset!r}; available: {sorted(presets)}")
+        if not isinstance(presets[preset], dict):
+            raise ConfigError(f"{path}: preset {preset!r} must be a mapping")
+        data = _deep_merge(data, presets[preset])
+    return apply_overrides(data, overrides)
+
+
+def load_train_config(
+    path: str | Path, preset: str | None = None, overrides: Iterable[str] = ()
+) -> TrainConfig:
+    """Load and validate a training config (file + preset + overrides); errors name file and key."""
+    data = resolve_train_dict(path, preset, overrides)
+    try:
+        return from_dict(TrainConfig, data)
+    except ConfigError as exc:
+        where = f"{path}" + (f" (preset {preset!r})" if preset else "")
+        raise ConfigError(f"{where}: {exc}") from exc
+
+
+def train_config_from_dict(data: dict) -> TrainConfig:
+    """Validate an already-resolved mapping (e.g. the one embedded in a checkpoint)."""
+    return from_dict(TrainConfig, copy.deepcopy(data))
