@@ -1,0 +1,115 @@
+"""Which sparse-convolution library runs the 3D network, and the small fixes it needs on the CPU.
+
+spconv 2.x ships prebuilt CUDA kernels for NVIDIA only; spconv-triton (PyPI `spconv-triton`, import
+name `spconv_triton`) reimplements the same `spconv.pytorch` API in Triton, has no CPU path, and
+loads spconv checkpoints unchanged. Models import the backend module through `get_spconv` and never
+`import spconv` themselves, so switching is one config value.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from types import ModuleType
+from typing import Any, Literal
+
+import torch
+
+Backend = Literal["auto", "spconv", "spconv_triton"]
+BACKENDS: tuple[str, ...] = ("auto", "spconv", "spconv_triton")
+
+_SHIM_FLAG = "_xkd_cpu_stream_shim"
+
+
+def _cpu_safe_current_stream() -> int:
+    """CUDA stream handle of the current stream, or 0 (the "no stream" handle) without CUDA."""
+    if torch.cuda.is_available():
+        return torch.cuda.current_stream().cuda_stream
+    return 0
+
+
+def install_cpu_backward_shim() -> bool:
+    """Make spconv 2.3.8's CPU backward work; returns True when the patch was (or already is) in place.
+
+    Why: `spconv.pytorch.ops.indice_conv_backward` (the Native-algorithm backward) calls
+    `get_current_stream()` before it checks whether the tensors are on the CPU, and that helper is
+    `torch.cuda.current_stream().cuda_stream`, which raises on a machine without a CUDA driver. The
+    handle is only ever passed to CUDA kernels; the CPU branch ignores it (the forward already uses
+    0 for CPU tensors). What: the module-level name `get_current_stream` that `ops` looks up at call
+    time is replaced by a function that returns the real current stream when CUDA is available
+    (unchanged behaviour, so GPU runs are untouched) and 0 otherwise - and without CUDA there are no
+    CUDA tensors, so 0 is exactly "the stream handle of a CPU tensor". Nothing else is patched; a
+    second call is a no-op.
+    """
+    try:
+        ops = importlib.import_module("spconv.pytorch.ops")
+    except ImportError:
+        return False
+    if getattr(ops.get_current_stream, _SHIM_FLAG, False):
+        return True
+    setattr(_cpu_safe_current_stream, _SHIM_FLAG, True)
+    ops.get_current_stream = _cpu_safe_current_stream
+    return True
+
+
+def _triton_usable() -> bool:
+    if not torch.cuda.is_available():
+        return False
+    try:
+        importlib.import_module("spconv_triton.pytorch")
+    except ImportError:
+        return False
+    return True
+
+
+def get_spconv(backend: Backend = "auto") -> ModuleType:
+    """The `spconv.pytorch`-compatible module for `backend`.
+
+    "auto" takes spconv-triton only when it is importable and CUDA is available (it has no CPU
+    path), else spconv. Asking for a backend that cannot be imported is an error naming it.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"sparse backend must be one of {list(BACKENDS)}, got {backend!r}")
+    if backend == "auto":
+        backend = "spconv_triton" if _triton_usable() else "spconv"
+    if backend == "spconv_triton":
+        try:
+            return importlib.import_module("spconv_triton.pytorch")
+        except ImportError as exc:
+            raise ImportError(
+                "sparse backend 'spconv_triton' requested but the package is not installed "
+                "(pip install spconv-triton; it needs a CUDA/ROCm GPU)"
+            ) from exc
+    try:
+        module = importlib.import_module("spconv.pytorch")
+    except ImportError as exc:
+        raise ImportError("sparse backend 'spconv' requested but spconv is not installed "
+                          "(pip install spconv or spconv-cuXXX)") from exc
+    install_cpu_backward_shim()
+    return module
+
+
+def conv_algo(spconv: ModuleType, device: torch.device | str) -> Any:
+    """The convolution algorithm for `device`: Native on the CPU, the backend's default on a GPU.
+
+    CUDA builds of spconv default to implicit GEMM, which has no CPU implementation; Native
+    (gather-GEMM-scatter) runs everywhere. Weights are stored KRSC for every algorithm, so the
+    choice can change after a model is built (see `set_conv_algo`).
+    """
+    if torch.device(device).type == "cpu":
+        return spconv.ConvAlgo.Native
+    return _default_algo(spconv)
+
+
+def set_conv_algo(module: torch.nn.Module, spconv: ModuleType, device: torch.device | str) -> None:
+    """Set the algorithm of every sparse convolution in `module` for running on `device`."""
+    algo = conv_algo(spconv, device)
+    for m in module.modules():
+        if isinstance(m, spconv.SparseModule) and hasattr(m, "algo"):
+            m.algo = algo
+
+
+@functools.cache
+def _default_algo(spconv: ModuleType) -> Any:
+    """What the backend picks for `algo=None` (implicit GEMM on CUDA builds, Native on CPU builds)."""
+    return getattr(spconv.SubMConv3d(1, 1, 1, bias=False), "algo", None)
