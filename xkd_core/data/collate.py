@@ -1,0 +1,187 @@
+"""From `Frame`s to the tensors the model eats: per-sample preparation and batching.
+
+`prepare_sample` runs on the data-loader workers (numpy, OpenCV): it drops non-finite points,
+augments points and images, resizes every image to one network size and recomputes the point-pixel
+pairs from the augmented calibration, so pairs are exact by construction. `collate` concatenates
+samples with global point / image indices, the layout the sparse network and `grid_sample` want.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from xkd_core.data.frame import CameraView, Frame
+from xkd_core.geometry.augment import (
+    ImageAugConfig,
+    PointAugConfig,
+    augment_points,
+    augment_view,
+    resize_view,
+)
+from xkd_core.geometry.projection import point_pixel_pairs, views_of
+
+#: ImageNet statistics used by every timm backbone's pretrained weights (RGB, 0..1 scale).
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@dataclass
+class Sample:
+    """One prepared frame: finite (augmented) points, resized views and their pairs."""
+
+    points: np.ndarray  # (N, 4) float32
+    labels: np.ndarray | None  # (N,) int64
+    images: list[np.ndarray]  # V x (H, W, 3) uint8, all of size image_hw
+    views: list[CameraView]  # the augmented views (K, T match `images`)
+    pair_point: np.ndarray  # (M,) int64 index into points
+    pair_view: np.ndarray  # (M,) int64 index into images
+    pair_uv: np.ndarray  # (M, 2) float32 pixel (u = column, v = row) in the resized image
+    kept_index: np.ndarray  # (N,) int64 index of each kept point in the input frame
+    num_input_points: int  # points in the input frame, before dropping non-finite ones
+    sequence: str = ""
+    frame_id: str = ""
+
+
+def prepare_sample(
+    frame: Frame,
+    *,
+    train: bool,
+    rng: np.random.Generator | None,
+    point_aug: PointAugConfig | None,
+    image_aug: ImageAugConfig | None,
+    image_hw: tuple[int, int],
+    use_camera: bool,
+) -> Sample:
+    """Drop non-finite points, augment (when `train`), resize views to `image_hw`, recompute pairs.
+
+    Without `train` (or without a config) nothing random happens and `rng` may be None. With
+    `use_camera` False the views are dropped and the sample has no pairs (LiDAR-only baseline).
+    """
+    if len(image_hw) != 2 or min(image_hw) < 1:
+        raise ValueError(f"image_hw must be (H, W) with H, W >= 1, got {image_hw}")
+    if train and (point_aug is not None or image_aug is not None) and rng is None:
+        raise ValueError("prepare_sample: rng is required when training with augmentation")
+    finite = np.isfinite(frame.points).all(axis=1)
+    kept_index = np.flatnonzero(finite).astype(np.int64)
+    points = frame.points[kept_index]
+    labels = None if frame.labels is None else frame.labels[kept_index]
+    views = list(frame.views) if use_camera else []
+    if train and point_aug is not None:
+        points, views = augment_points(points, views, rng, point_aug)
+        points = points.astype(np.float32, copy=False)
+    out_hw = (int(image_hw[0]), int(image_hw[1]))
+    if train and image_aug is not None:
+        views = [augment_view(v, rng, image_aug, out_hw) for v in views]
+    else:
+        views = [resize_view(v, out_hw) for v in views]
+    pairs = point_pixel_pairs(points[:, :3], views_of(views))
+    return Sample(
+        points=np.ascontiguousarray(points, dtype=np.float32),
+        labels=labels,
+        images=[v.image for v in views],
+        views=views,
+        pair_point=pairs.point,
+        pair_view=pairs.view,
+        pair_uv=pairs.uv,
+        kept_index=kept_index,
+        num_input_points=frame.num_points,
+        sequence=frame.sequence,
+        frame_id=frame.frame_id,
+    )
+
+
+@dataclass
+class Batch:
+    """A collated batch; all indices are global over the batch (pairs index `points` and `images`)."""
+
+    points: Tensor  # (N, 4) float32
+    batch_idx: Tensor  # (N,) int64 sample of each point
+    labels: Tensor | None  # (N,) int64, None when any sample has no labels
+    images: Tensor | None  # (I, 3, H, W) float32 ImageNet-normalised, None without images
+    image_batch: Tensor  # (I,) int64 sample of each image
+    pair_point: Tensor  # (M,) int64 global point index
+    pair_image: Tensor  # (M,) int64 global image index
+    pair_uv: Tensor  # (M, 2) float32 pixel in the (resized) image
+    num_samples: int
+    point_offsets: list[int] = field(default_factory=list)  # sample b owns points [o[b], o[b+1])
+    kept_index: list[np.ndarray] = field(default_factory=list)  # per sample, see `Sample`
+    num_input_points: list[int] = field(default_factory=list)
+    meta: list[tuple[str, str]] = field(default_factory=list)  # (sequence, frame_id) per sample
+
+    @property
+    def image_hw(self) -> tuple[int, int] | None:
+        """(H, W) of the network images, or None without images."""
+        return None if self.images is None else (int(self.images.shape[2]), int(self.images.shape[3]))
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """A copy with every tensor on `device` (numpy / Python metadata shared)."""
+        kwargs: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Tensor):
+                value = value.to(device, non_blocking=non_blocking)
+            kwargs[f.name] = value
+        return Batch(**kwargs)
+
+    def pin_memory(self) -> Batch:
+        """Page-locked copy (DataLoader `pin_memory=True` calls this on custom batch types)."""
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name, value in kwargs.items():
+            if isinstance(value, Tensor):
+                kwargs[name] = value.pin_memory()
+        return Batch(**kwargs)
+
+
+def normalize_images(images: np.ndarray) -> Tensor:
+    """(I, H, W, 3) uint8 RGB -> (I, 3, H, W) float32 normalised with the ImageNet statistics."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+    mean = torch.from_numpy(IMAGENET_MEAN)[None, :, None, None]
+    std = torch.from_numpy(IMAGENET_STD)[None, :, None, None]
+    return (x - mean) / std
+
+
+def collate(samples: list[Sample]) -> Batch:
+    """Concatenate samples; pair indices are shifted to global point / image indices."""
+    if not samples:
+        raise ValueError("collate: no samples")
+    n_points = [len(s.points) for s in samples]
+    n_images = [len(s.images) for s in samples]
+    p_off = np.concatenate([[0], np.cumsum(n_points)]).astype(np.int64)
+    i_off = np.concatenate([[0], np.cumsum(n_images)]).astype(np.int64)
+    points = torch.from_numpy(np.concatenate([s.points for s in samples]).astype(np.float32, copy=False))
+    batch_idx = torch.from_numpy(np.repeat(np.arange(len(samples), dtype=np.int64), n_points))
+    labels = None
+    if all(s.labels is not None for s in samples):
+        labels = torch.from_numpy(np.concatenate([s.labels for s in samples]).astype(np.int64, copy=False))
+    images = None
+    all_images = [img for s in samples for img in s.images]
+    if all_images:
+        shapes = {img.shape for img in all_images}
+        if len(shapes) != 1:
+            raise ValueError(f"collate: images of different sizes {sorted(shapes)}; resize them in "
+                             "prepare_sample (image_hw)")
+        images = normalize_images(np.stack(all_images))
+    image_batch = torch.from_numpy(np.repeat(np.arange(len(samples), dtype=np.int64), n_images))
+    pair_point = np.concatenate([s.pair_point + p_off[b] for b, s in enumerate(samples)]).astype(np.int64)
+    pair_image = np.concatenate([s.pair_view + i_off[b] for b, s in enumerate(samples)]).astype(np.int64)
+    pair_uv = np.concatenate([s.pair_uv for s in samples]).astype(np.float32, copy=False).reshape(-1, 2)
+    return Batch(
+        points=points,
+        batch_idx=batch_idx,
+        labels=labels,
+        images=images,
+        image_batch=image_batch,
+        pair_point=torch.from_numpy(pair_point),
+        pair_image=torch.from_numpy(pair_image),
+        pair_uv=torch.from_numpy(pair_uv),
+        num_samples=len(samples),
+        point_offsets=p_off.tolist(),
+        kept_index=[s.kept_index for s in samples],
+        num_input_points=[s.num_input_points for s in samples],
+        meta=[(s.sequence, s.frame_id) for s in samples],
+    )
