@@ -1,0 +1,238 @@
+"""xModel-KD: a sparse 3D UNet taught by a camera branch through contrastive alignment and distillation.
+
+Training uses both branches (SPEC section 3): per-point 3D logits (CE + Lovasz), 2D pixel logits at
+the paired pixels (CE), a fused head on paired points (CE), symmetric InfoNCE between 3D and 2D
+embeddings at several scales, and a KL that makes the 3D predictions follow the detached fused (or
+2D) ones. With `use_camera: false` no camera module is built: the same 3D network is the LiDAR-only
+baseline. Inference runs the 3D branch alone unless fusion is asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from xkd_core.classes import IGNORE_INDEX, NUM_CLASSES
+from xkd_core.data.collate import Batch
+from xkd_core.geometry.voxelize import scatter_mean, voxelize
+from xkd_core.losses import cross_entropy, info_nce, kd_kl, lovasz_softmax
+from xkd_core.models.heads import FusionHead, PointHead, ProjectionHead
+from xkd_core.models.image_net import ImageNet, sample_at_pixels
+from xkd_core.models.sparse_backend import BACKENDS, Backend
+from xkd_core.models.sparse_unet import SparseUNet, point_rows_at_level
+
+#: Point input of the point branch: x, y, z, intensity and the offset to the voxel centre (in voxels).
+POINT_IN = 7
+#: Voxel input of the UNet: mean x, y, z, intensity of the voxel's points.
+VOXEL_IN = 4
+
+
+@dataclass
+class ModelConfig:
+    """Every architecture and loss setting of xModel-KD (the `model:` section of a training config)."""
+
+    num_classes: int = NUM_CLASSES
+    ignore_index: int = IGNORE_INDEX
+    voxel_size: float = 0.05
+    backend: Backend = "auto"  # sparse-convolution library, see models/sparse_backend.py
+    unet_channels: list[int] = field(default_factory=lambda: [32, 64, 128, 256])  # encoder, per level
+    unet_decoder_channels: list[int] = field(default_factory=lambda: [64, 96, 128])  # decoder, level 0..L-1
+    unet_blocks: int = 1
+    use_camera: bool = True  # False: LiDAR-only baseline, no camera module is built
+    image_backbone: str = "resnet18"
+    image_pretrained: str = "none"  # "none" | "hub" | /path/to/state_dict.pt
+    image_out_indices: list[int] = field(default_factory=lambda: [1, 2, 3])
+    fpn_dim: int = 64
+    embed_dim: int = 64
+    scales: list[list[int]] = field(default_factory=lambda: [[0, 0], [1, 1], [2, 2]])  # [3d level, fpn level]
+    fusion_hidden: int = 64
+    w_lovasz: float = 1.0
+    w2d: float = 1.0
+    w_fused: float = 1.0
+    wc: float = 0.1
+    wkd: float = 1.0
+    tau: float = 0.07
+    kd_T: float = 2.0
+    kd_teacher: Literal["fused", "2d"] = "fused"
+    max_pairs: int = 4096
+
+    def __post_init__(self) -> None:
+        def need(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ValueError(f"ModelConfig.{msg}")
+
+        need(self.num_classes >= 2, f"num_classes must be >= 2, got {self.num_classes}")
+        need(0 <= self.ignore_index < self.num_classes,
+             f"ignore_index must lie in [0, num_classes), got {self.ignore_index}")
+        need(self.voxel_size > 0, f"voxel_size must be > 0, got {self.voxel_size}")
+        need(self.backend in BACKENDS, f"backend must be one of {list(BACKENDS)}, got {self.backend!r}")
+        need(len(self.unet_channels) >= 2 and min(self.unet_channels) >= 1,
+             f"unet_channels needs >= 2 positive widths (level 0 + a downsampling), got {self.unet_channels}")
+        need(len(self.unet_decoder_channels) == len(self.unet_channels) - 1
+             and min(self.unet_decoder_channels) >= 1,
+             f"unet_decoder_channels needs len(unet_channels) - 1 = {len(self.unet_channels) - 1} positive "
+             f"widths, got {self.unet_decoder_channels}")
+        need(self.unet_blocks >= 1, f"unet_blocks must be >= 1, got {self.unet_blocks}")
+        need(bool(self.image_backbone), "image_backbone must be a timm model name")
+        need(bool(self.image_pretrained), "image_pretrained must be 'none', 'hub' or a file path")
+        outs = list(self.image_out_indices)
+        need(len(outs) >= 1 and outs == sorted(set(outs)),
+             f"image_out_indices must be increasing and non-empty, got {self.image_out_indices}")
+        for name in ("fpn_dim", "embed_dim", "fusion_hidden", "max_pairs"):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("w_lovasz", "w2d", "w_fused", "wc", "wkd"):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        need(self.tau > 0, f"tau must be > 0, got {self.tau}")
+        need(self.kd_T > 0, f"kd_T must be > 0, got {self.kd_T}")
+        need(self.kd_teacher in ("fused", "2d"),
+             f"kd_teacher must be 'fused' or '2d', got {self.kd_teacher!r}")
+        depth = len(self.unet_channels) - 1
+        for i, pair in enumerate(self.scales):
+            need(len(pair) == 2, f"scales[{i}] must be [3d level, fpn level], got {pair}")
+            need(0 <= pair[0] <= depth, f"scales[{i}][0] = {pair[0]}: 3D level must lie in [0, {depth}]")
+            need(0 <= pair[1] < len(self.image_out_indices),
+                 f"scales[{i}][1] = {pair[1]}: FPN level must lie in [0, {len(self.image_out_indices) - 1}]")
+
+
+class XModelKD(nn.Module):
+    """The model: `forward(batch)` -> outputs, `loss(out, batch)` -> loss terms, `predict` -> logits."""
+
+    def __init__(self, cfg: ModelConfig, device: torch.device | str | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.unet = SparseUNet(VOXEL_IN, cfg.unet_channels, cfg.unet_decoder_channels, cfg.unet_blocks,
+                               backend=cfg.backend, device=device)
+        c0 = self.unet.level_channels[0]
+        self.point_head = PointHead(POINT_IN, c0, cfg.num_classes)
+        self.image_net: ImageNet | None = None
+        if cfg.use_camera:
+            self.image_net = ImageNet(cfg.image_backbone, cfg.image_pretrained, cfg.image_out_indices,
+                                      cfg.fpn_dim, cfg.num_classes)
+            self.proj_3d = nn.ModuleList(ProjectionHead(self.unet.level_channels[l3], cfg.embed_dim)
+                                         for l3, _ in cfg.scales)
+            self.proj_2d = nn.ModuleList(ProjectionHead(cfg.fpn_dim, cfg.embed_dim) for _ in cfg.scales)
+            self.fusion_head = FusionHead(c0, cfg.fpn_dim, cfg.fusion_hidden, cfg.num_classes)
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, device: torch.device | str | None = None) -> XModelKD:
+        """Build the model (random init; image weights as `cfg.image_pretrained` says)."""
+        return cls(cfg, device)
+
+    # ------------------------------------------------------------------------------------- forward
+
+    def forward(self, batch: Batch, camera: bool = True) -> dict[str, Any]:
+        """Run the network.
+
+        Always: `logits_3d` (N, C), `point_feat` (N, F). When the camera is built, `camera` is True
+        and the batch has images and pairs: `logits_2d` (I, C, h, w); `fused_point` (M',) the
+        distinct paired points; `pair_index` (M,) the row of `fused_point` of each pair;
+        `logits_fused` (M', C) from the 3D feature and the view-averaged 2D feature; `nce_pairs` (P,)
+        the pairs kept for InfoNCE (at most `max_pairs`, random in training, evenly spaced in eval)
+        with `emb_3d` / `emb_2d` lists (per scale) of (P, D) L2-normalised embeddings.
+        """
+        return self._run(batch, camera=camera, embeddings=True)
+
+    def _run(self, batch: Batch, camera: bool, embeddings: bool) -> dict[str, Any]:
+        cfg = self.cfg
+        pts = batch.points
+        if pts.ndim != 2 or pts.shape[1] != 4:
+            raise ValueError(f"batch.points must be (N, 4), got {tuple(pts.shape)}")
+        if pts.shape[0] == 0:
+            raise ValueError("batch.points is empty: the 3D network needs at least one point")
+        vox = voxelize(pts[:, :3], batch.batch_idx, cfg.voxel_size, batch.num_samples)
+        p2v = vox.point2voxel
+        vin = scatter_mean(pts, p2v, vox.num_voxels)
+        levels = self.unet(vin, vox.coords, vox.spatial_shape, vox.batch_size)
+        offset = (pts[:, :3] - vox.centers()[p2v].to(pts.dtype)) / cfg.voxel_size
+        point_feat = self.point_head.features(levels[0].features[p2v], torch.cat([pts, offset], 1))
+        out: dict[str, Any] = {"logits_3d": self.point_head(point_feat), "point_feat": point_feat}
+
+        if (self.image_net is None or not camera or batch.images is None or batch.pair_point.numel() == 0):
+            return out
+        hw = batch.image_hw
+        fpn, logits_2d = self.image_net(batch.images)
+        out["logits_2d"] = logits_2d
+        pair_point, pair_image, pair_uv = batch.pair_point, batch.pair_image, batch.pair_uv
+        # fused head: one row per distinct paired point, 2D features averaged over its views
+        fused_point, pair_index = torch.unique(pair_point, sorted=True, return_inverse=True)
+        f2d = sample_at_pixels(fpn[0], pair_image, pair_uv, hw)
+        f2d_point = scatter_mean(f2d.float(), pair_index, fused_point.shape[0])
+        out["fused_point"] = fused_point
+        out["pair_index"] = pair_index
+        out["logits_fused"] = self.fusion_head(point_feat[fused_point], f2d_point)
+        if not embeddings:
+            return out
+        sel = self._select_pairs(pair_point.shape[0], pair_point.device)
+        out["nce_pairs"] = sel
+        sel_point = pair_point[sel]
+        sel_coords = vox.coords[p2v[sel_point]]
+        emb_3d, emb_2d = [], []
+        for k, (l3, l2) in enumerate(cfg.scales):
+            rows = point_rows_at_level(levels[l3].indices, sel_coords, l3)
+            emb_3d.append(self.proj_3d[k](levels[l3].features[rows]))
+            emb_2d.append(self.proj_2d[k](sample_at_pixels(fpn[l2], pair_image[sel], pair_uv[sel], hw)))
+        out["emb_3d"] = emb_3d
+        out["emb_2d"] = emb_2d
+        return out
+
+    def _select_pairs(self, m: int, device: torch.device) -> Tensor:
+        """Indices of at most `max_pairs` pairs: InfoNCE costs O(P^2) memory."""
+        p = self.cfg.max_pairs
+        if m <= p:
+            return torch.arange(m, device=device)
+        if self.training:
+            return torch.randperm(m, device=device)[:p].sort().values
+        return torch.linspace(0, m - 1, p, device=device).round().long()
+
+    # ---------------------------------------------------------------------------------------- loss
+
+    def loss(self, out: dict[str, Any], batch: Batch) -> dict[str, Tensor]:
+        """All loss terms and `total` = ce_3d + w_lovasz lovasz_3d [+ w2d ce_2d + w_fused ce_fused
+        + wc contrastive + wkd kd when the camera branch ran]. Needs `batch.labels`."""
+        cfg = self.cfg
+        if batch.labels is None:
+            raise ValueError("XModelKD.loss: batch.labels is None (unlabelled samples cannot be trained on)")
+        labels = batch.labels
+        logits_3d = out["logits_3d"]
+        terms: dict[str, Tensor] = {}
+        terms["ce_3d"] = cross_entropy(logits_3d, labels, cfg.ignore_index)
+        terms["lovasz_3d"] = lovasz_softmax(F.softmax(logits_3d.float(), dim=1), labels, cfg.ignore_index)
+        total = terms["ce_3d"] + cfg.w_lovasz * terms["lovasz_3d"]
+        if "logits_2d" in out:
+            hw = batch.image_hw
+            pair_point = batch.pair_point
+            fused_point, pair_index = out["fused_point"], out["pair_index"]
+            logits_2d_pairs = sample_at_pixels(out["logits_2d"], batch.pair_image, batch.pair_uv, hw).float()
+            terms["ce_2d"] = cross_entropy(logits_2d_pairs, labels[pair_point], cfg.ignore_index)
+            terms["ce_fused"] = cross_entropy(out["logits_fused"], labels[fused_point], cfg.ignore_index)
+            contrastive = logits_3d.new_zeros(())
+            if "emb_3d" in out:
+                sel_point = pair_point[out["nce_pairs"]]
+                same_point = sel_point[:, None] == sel_point[None, :]
+                for e3, e2 in zip(out["emb_3d"], out["emb_2d"]):
+                    contrastive = contrastive + info_nce(e3, e2, cfg.tau, same_point)
+            terms["contrastive"] = contrastive
+            if cfg.kd_teacher == "fused":
+                teacher = out["logits_fused"]
+            else:
+                teacher = scatter_mean(logits_2d_pairs, pair_index, fused_point.shape[0])
+            terms["kd"] = kd_kl(logits_3d[fused_point], teacher, cfg.kd_T)
+            total = (total + cfg.w2d * terms["ce_2d"] + cfg.w_fused * terms["ce_fused"]
+                     + cfg.wc * terms["contrastive"] + cfg.wkd * terms["kd"])
+        terms["total"] = total
+        return terms
+
+    # ----------------------------------------------------------------------------------- inference
+
+    def predict(self, batch: Batch, fuse: bool = False) -> Tensor:
+        """(N, C) logits: the 3D head, or the fused head for paired points when `fuse` and a camera
+        branch and images are available. The caller picks train/eval mode and grad context."""
+        out = self._run(batch, camera=fuse, embeddings=False)
+        logits = out["logits_3d"]
+        if fuse and "logits_fused" in out:
+            logits = logits.index_copy(0, out["fused_point"], out["logits_fused"].to(logits.dtype))
+        return logits
