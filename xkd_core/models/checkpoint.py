@@ -1,0 +1,155 @@
+"""The checkpoint file: written by training, read by evaluation, fine-tuning and the ROS node.
+
+A checkpoint is a `torch.save`d dict::
+
+    {"format_version": 1,
+     "model": state_dict,                       # XModelKD, no DDP / torch.compile prefixes
+     "config": {"model": ModelConfig as dict,   # the resolved config, loadable with from_dict
+                "image_hw": [H, W] | None},     # network image size (None for the LiDAR-only model)
+     "class_names": [...],
+     **extra}                                   # e.g. epoch, optimizer, metrics (plain data only)
+
+It is written atomically (temporary file in the same folder, then `os.replace`), so a reader never
+sees a torn file even if training is killed mid-write. Loading uses `weights_only=True`, so `extra`
+must hold only tensors and plain Python data.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from xkd_core.classes import CLASS_NAMES
+from xkd_core.config import ConfigError, from_dict, to_dict
+from xkd_core.models.xmodel_kd import ModelConfig, XModelKD
+
+FORMAT_VERSION = 1
+_RESERVED = ("format_version", "model", "config", "class_names")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file cannot be used; the message names the file and what is wrong."""
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: nn.Module,
+    cfg: ModelConfig,
+    extra: dict[str, Any] | None = None,
+    image_hw: tuple[int, int] | None = None,
+) -> Path:
+    """Atomically write `model`'s weights with its config and network image size.
+
+    The image size is `image_hw`, else `extra["image_hw"]`, else `extra["train_config"]["data"]
+    ["image_hw"]` (what xkd-train passes); a camera model without one is refused, because inference
+    must resize images exactly as training did.
+    """
+    path = Path(path)
+    extra = dict(extra or {})
+    if image_hw is None:
+        image_hw = extra.pop("image_hw", None)
+    if image_hw is None:
+        train_cfg = extra.get("train_config")
+        data = train_cfg.get("data") if isinstance(train_cfg, dict) else None
+        image_hw = data.get("image_hw") if isinstance(data, dict) else None
+    if cfg.use_camera and image_hw is None:
+        raise ValueError(f"save_checkpoint({path}): the network image size image_hw (H, W) is required "
+                         "for a camera model")
+    clash = sorted(set(extra) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"save_checkpoint({path}): extra keys {clash} are reserved")
+    hw = None if image_hw is None else [int(v) for v in image_hw]
+    ckpt = {
+        "format_version": FORMAT_VERSION,
+        "model": unwrap_model(model).state_dict(),
+        "config": {"model": to_dict(cfg), "image_hw": hw},
+        "class_names": list(CLASS_NAMES[: cfg.num_classes]),
+        **extra,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and check a checkpoint dict (format version, required keys); errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt / foreign files
+        raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"checkpoint {path} is not an xkd checkpoint (top level is "
+                              f"{type(ckpt).__name__}, expected a dict)")
+    missing = [k for k in _RESERVED if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path} is not an xkd checkpoint: missing keys {missing}")
+    if ckpt["format_version"] != FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {path} has format_version {ckpt['format_version']!r}; "
+                              f"this xkd reads version {FORMAT_VERSION}")
+    config = ckpt["config"]
+    if not isinstance(config, dict) or "model" not in config or "image_hw" not in config:
+        raise CheckpointError(f"checkpoint {path}: 'config' must hold 'model' and 'image_hw'")
+    return ckpt
+
+
+def config_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> tuple[
+        ModelConfig, tuple[int, int] | None]:
+    """The `ModelConfig` and network image size stored in a loaded checkpoint."""
+    try:
+        cfg = from_dict(ModelConfig, ckpt["config"]["model"], "config.model")
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path}: incompatible model config: {exc}") from exc
+    hw = ckpt["config"]["image_hw"]
+    if hw is not None:
+        if len(hw) != 2 or min(hw) < 1:
+            raise CheckpointError(f"checkpoint {path}: image_hw must be [H, W], got {hw}")
+        hw = (int(hw[0]), int(hw[1]))
+    return cfg, hw
+
+
+def model_from_checkpoint(
+    path: str | Path, device: str | torch.device = "cpu", backend: str | None = None
+) -> tuple[XModelKD, ModelConfig, tuple[int, int] | None]:
+    """Rebuild the model of a checkpoint on `device` (eval mode); `backend` overrides the stored one.
+
+    The image backbone is built without pretrained weights (the checkpoint holds them), so a
+    checkpoint trained from a local weights file loads on a machine without that file.
+    """
+    ckpt = load_checkpoint(path, map_location="cpu")
+    cfg, hw = config_from_checkpoint(ckpt, path)
+    cfg = replace(cfg, image_pretrained="none", backend=backend or cfg.backend)
+    try:
+        model = XModelKD.from_config(cfg, device=device)
+        model.load_state_dict(ckpt["model"], strict=True)
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {path}: weights do not fit the stored config: {exc}") from exc
+    return model.to(device).eval(), cfg, hw
