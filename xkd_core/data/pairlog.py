@@ -386,14 +386,15 @@ class PairLogWriter:
 
     def _run(self) -> None:
         while True:
+            self._busy = True  # before the pop: `queued` may over-count for an instant, never under
             try:
                 sample = self._pending.popleft()
             except IndexError:
+                self._busy = False
                 if self._closing:
                     return
                 time.sleep(self._POLL_S)
                 continue
-            self._busy = True
             try:
                 self._write(sample)
             except Exception as exc:  # the thread must outlive any one bad sample
