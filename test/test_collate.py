@@ -1,0 +1,101 @@
+"""prepare_sample / collate: finite filtering, exact pairs after augmentation, global batch indices."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from model_fixtures import camera, random_frame
+
+from xkd_core.data.collate import IMAGENET_MEAN, IMAGENET_STD, collate, prepare_sample
+from xkd_core.geometry.augment import ImageAugConfig, PointAugConfig
+from xkd_core.geometry.projection import project
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def test_non_finite_points_are_dropped_and_tracked():
+    rng = np.random.default_rng(0)
+    frame = random_frame(rng, n=300, views=[camera(rng)])
+    frame.points[[3, 10, 11], [0, 2, 3]] = [np.nan, np.inf, -np.inf]
+    s = prepare_sample(frame, train=False, rng=None, point_aug=None, image_aug=None, image_hw=(20, 40),
+                       use_camera=True)
+    assert s.num_input_points == 300 and len(s.points) == 297
+    assert not np.isin([3, 10, 11], s.kept_index).any()
+    assert np.array_equal(s.points, frame.points[s.kept_index])
+    assert np.array_equal(s.labels, frame.labels[s.kept_index])
+    assert s.images[0].shape == (20, 40, 3)
+
+
+def test_pairs_are_exact_after_augmentation():
+    rng = np.random.default_rng(1)
+    frame = random_frame(rng, n=2000, views=[camera(rng, (60, 120)), camera(rng, (60, 120), 60.0)])
+    s = prepare_sample(
+        frame, train=True, rng=np.random.default_rng(5),
+        point_aug=PointAugConfig(rotate_z=True, flip_x=0.5, flip_y=0.5, scale=(0.9, 1.1), translate_std=0.2),
+        image_aug=ImageAugConfig(crop_scale=(0.6, 0.9), hflip=1.0), image_hw=(30, 64), use_camera=True,
+    )
+    assert len(s.pair_point) > 50
+    assert set(np.unique(s.pair_view)) == {0, 1}
+    for v, view in enumerate(s.views):
+        sel = s.pair_view == v
+        uv, depth = project(s.points[s.pair_point[sel], :3], view.K, view.T)
+        assert np.allclose(uv, s.pair_uv[sel], atol=1e-3)
+        assert (depth > 0).all()
+        assert (s.pair_uv[sel] >= 0).all()
+        assert (s.pair_uv[sel, 0] <= 63).all() and (s.pair_uv[sel, 1] <= 29).all()
+        # the pair is the original scene point seen through the original extrinsics and the augmented
+        # intrinsics (T_aug @ A = T): augmentation moved nothing by hand
+        orig = frame.points[s.kept_index[s.pair_point[sel]], :3]
+        uv_orig, _ = project(orig, view.K, frame.views[v].T)
+        assert np.allclose(uv_orig, s.pair_uv[sel], atol=1e-3)
+
+
+def test_lidar_only_sample_has_no_views_or_pairs():
+    rng = np.random.default_rng(2)
+    frame = random_frame(rng, n=100, views=[camera(rng)])
+    s = prepare_sample(frame, train=False, rng=None, point_aug=None, image_aug=None, image_hw=(20, 40),
+                       use_camera=False)
+    b = collate([s])
+    assert b.images is None and b.pair_point.numel() == 0 and b.image_batch.numel() == 0
+    assert b.points.shape == (100, 4) and b.image_hw is None
+
+
+def test_collate_uses_global_indices():
+    rng = np.random.default_rng(3)
+    samples = [
+        prepare_sample(random_frame(rng, n=n, views=[camera(rng, yaw_deg=y) for y in yaws]), train=False,
+                       rng=None, point_aug=None, image_aug=None, image_hw=(20, 40), use_camera=True)
+        for n, yaws in ((400, (0.0,)), (300, (0.0, 90.0)), (500, (180.0,)))
+    ]
+    b = collate(samples)
+    assert b.num_samples == 3 and b.points.shape == (1200, 4) and b.points.dtype == torch.float32
+    assert b.point_offsets == [0, 400, 700, 1200]
+    assert torch.equal(b.batch_idx, torch.repeat_interleave(torch.arange(3), torch.tensor([400, 300, 500])))
+    assert b.images.shape == (4, 3, 20, 40) and torch.equal(b.image_batch, torch.tensor([0, 1, 1, 2]))
+    m = 0
+    for k, s in enumerate(samples):
+        sl = slice(m, m + len(s.pair_point))
+        assert torch.equal(b.points[b.pair_point[sl]], torch.from_numpy(s.points[s.pair_point]))
+        assert torch.equal(b.image_batch[b.pair_image[sl]], torch.full((len(s.pair_point),), k))
+        m += len(s.pair_point)
+    assert m == len(b.pair_point) and b.pair_uv.shape == (m, 2)
+    assert b.labels.dtype == torch.int64 and b.labels.shape == (1200,)
+    # images are ImageNet-normalised RGB
+    img = b.images[3].permute(1, 2, 0).numpy() * IMAGENET_STD + IMAGENET_MEAN
+    assert np.allclose(img * 255.0, samples[2].images[0], atol=1e-3)
+    moved = b.to("cpu")
+    assert moved.num_samples == 3 and torch.equal(moved.pair_point, b.pair_point)
+
+
+def test_labels_are_none_when_any_sample_is_unlabelled():
+    rng = np.random.default_rng(4)
+    kw = dict(train=False, rng=None, point_aug=None, image_aug=None, image_hw=(20, 40), use_camera=False)
+    b = collate([prepare_sample(random_frame(rng, 50), **kw),
+                 prepare_sample(random_frame(rng, 50, labels=False), **kw)])
+    assert b.labels is None
+    with pytest.raises(ValueError, match="image_hw"):
+        prepare_sample(random_frame(rng, 50), **{**kw, "image_hw": (0, 4)})

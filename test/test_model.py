@@ -1,0 +1,190 @@
+"""XModelKD and its parts on tiny random batches: shapes, finite gradients everywhere, pairing logic."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from model_fixtures import camera, random_frame, tiny_config
+
+from xkd_core.config import ConfigError, from_dict
+from xkd_core.data.collate import collate, prepare_sample
+from xkd_core.geometry.voxelize import voxelize
+from xkd_core.models.image_net import ImageNet, build_encoder, sample_at_pixels
+from xkd_core.models.sparse_unet import SparseUNet, point_rows_at_level
+from xkd_core.models.xmodel_kd import ModelConfig, XModelKD
+
+HW = (32, 64)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _batch(seed: int, use_camera: bool = True):
+    """Sample 0: two overlapping cameras (multi-view); sample 1: one camera looking backwards."""
+    rng = np.random.default_rng(seed)
+    frames = [random_frame(rng, 1500, [camera(rng, (40, 80), 0.0, "a"), camera(rng, (40, 80), 40.0, "b")]),
+              random_frame(rng, 1200, [camera(rng, (40, 80), 180.0, "c")])]
+    samples = [prepare_sample(f, train=False, rng=None, point_aug=None, image_aug=None, image_hw=HW,
+                              use_camera=use_camera) for f in frames]
+    return collate(samples)
+
+
+def _assert_all_grads_finite(model: torch.nn.Module):
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing[:5]}"
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p.grad).all()]
+    assert not bad, f"non-finite gradients: {bad[:5]}"
+
+
+def test_baseline_builds_no_camera_module_and_trains():
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(use_camera=False)).train()
+    assert model.image_net is None
+    assert not any(k.startswith(("image_net", "proj_", "fusion_head")) for k in model.state_dict())
+    batch = _batch(0, use_camera=False)
+    out = model(batch)
+    assert out["logits_3d"].shape == (2700, 20) and torch.isfinite(out["logits_3d"]).all()
+    assert "logits_2d" not in out
+    losses = model.loss(out, batch)
+    assert set(losses) == {"ce_3d", "lovasz_3d", "total"}
+    losses["total"].backward()
+    _assert_all_grads_finite(model)
+
+
+def test_xmodel_kd_forward_shapes_and_gradients_of_every_module():
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    model = XModelKD(cfg).train()
+    batch = _batch(1)
+    out = model(batch)
+    n, m = len(batch.points), len(batch.pair_point)
+    assert out["logits_3d"].shape == (n, 20)
+    assert out["logits_2d"].shape[:2] == (3, 20) and out["logits_2d"].shape[2:] == (HW[0] // 4, HW[1] // 4)
+    fused = out["fused_point"]
+    assert out["logits_fused"].shape == (len(fused), 20)
+    assert torch.equal(fused[out["pair_index"]], batch.pair_point)
+    assert len(out["nce_pairs"]) == min(m, cfg.max_pairs)
+    for e3, e2 in zip(out["emb_3d"], out["emb_2d"]):
+        assert e3.shape == e2.shape == (len(out["nce_pairs"]), cfg.embed_dim)
+        torch.testing.assert_close(e3.norm(dim=1), torch.ones(len(e3)))
+    losses = model.loss(out, batch)
+    assert set(losses) == {"ce_3d", "lovasz_3d", "ce_2d", "ce_fused", "contrastive", "kd", "total"}
+    assert all(torch.isfinite(v) for v in losses.values())
+    expected = (losses["ce_3d"] + cfg.w_lovasz * losses["lovasz_3d"] + cfg.w2d * losses["ce_2d"]
+                + cfg.w_fused * losses["ce_fused"] + cfg.wc * losses["contrastive"] + cfg.wkd * losses["kd"])
+    torch.testing.assert_close(losses["total"], expected)
+    losses["total"].backward()
+    _assert_all_grads_finite(model)
+    assert model.image_net.encoder.conv1.weight.grad.abs().sum() > 0
+
+
+def test_multi_view_points_are_fused_once_and_unpaired_points_still_predicted():
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config()).eval()
+    batch = _batch(2)
+    pp = batch.pair_point
+    views_per_point = torch.bincount(pp, minlength=len(batch.points))
+    assert (views_per_point == 2).any(), "the two overlapping cameras should share points"
+    unpaired = views_per_point == 0
+    assert unpaired.any()
+    with torch.inference_mode():
+        out = model(batch)
+        assert len(out["fused_point"]) == int((views_per_point > 0).sum())
+        plain = model.predict(batch, fuse=False)
+        fused = model.predict(batch, fuse=True)
+    assert plain.shape == fused.shape == (len(batch.points), 20)
+    assert torch.isfinite(fused).all()
+    torch.testing.assert_close(fused[unpaired], plain[unpaired])
+    torch.testing.assert_close(fused[out["fused_point"]], out["logits_fused"])
+    assert not torch.allclose(fused[~unpaired], plain[~unpaired])
+
+
+def test_in_eval_the_kept_pairs_are_deterministic_and_bounded():
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(max_pairs=64)).eval()
+    batch = _batch(3)
+    with torch.inference_mode():
+        a, b = model(batch)["nce_pairs"], model(batch)["nce_pairs"]
+    assert len(a) == 64 and torch.equal(a, b)
+
+
+def test_kd_moves_only_the_student_and_2d_teacher_works():
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(kd_teacher="2d")).train()
+    batch = _batch(4)
+    losses = model.loss(model(batch), batch)
+    assert torch.isfinite(losses["kd"]) and losses["kd"].item() > 0
+    losses["kd"].backward()
+    assert all(p.grad is None for p in model.image_net.parameters())
+    assert all(p.grad is None for p in model.fusion_head.parameters())
+    assert model.point_head.classifier[-1].weight.grad.abs().sum() > 0
+
+
+def test_sample_at_pixels_reads_the_right_place_in_every_image():
+    H, W, h, w = 33, 65, 9, 17
+    jj, ii = torch.meshgrid(torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32),
+                            indexing="xy")
+    fmap = torch.stack([jj * (W - 1) / (w - 1), ii * (H - 1) / (h - 1), torch.zeros(h, w)])  # image u, v
+    fmap = fmap[None].repeat(3, 1, 1, 1)
+    fmap[:, 2] = torch.arange(3.0)[:, None, None] * 1000  # which image
+    g = torch.Generator().manual_seed(0)
+    uv = torch.rand(50, 2, generator=g) * torch.tensor([W - 1.0, H - 1.0])
+    image = torch.randint(0, 3, (50,), generator=g)
+    got = sample_at_pixels(fmap, image, uv, (H, W))
+    torch.testing.assert_close(got[:, :2], uv, atol=1e-4, rtol=0)
+    torch.testing.assert_close(got[:, 2], image.float() * 1000)
+    assert sample_at_pixels(fmap, image[:0], uv[:0], (H, W)).shape == (0, 3)
+
+
+def test_unet_levels_and_point_rows():
+    torch.manual_seed(0)
+    rng = np.random.default_rng(5)
+    xyz = torch.from_numpy(rng.uniform(-4, 4, (800, 3)).astype(np.float32))
+    batch = torch.from_numpy(np.repeat([0, 1], 400))
+    vox = voxelize(xyz, batch, 0.3)
+    unet = SparseUNet(3, [4, 8, 8], [4, 8], blocks=2)
+    feats = torch.zeros(vox.num_voxels, 3)
+    levels = unet(feats.index_add(0, vox.point2voxel, xyz), vox.coords, vox.spatial_shape, 2)
+    assert [lv.features.shape[1] for lv in levels] == unet.level_channels == [4, 8, 8]
+    point_coords = vox.coords[vox.point2voxel]
+    for s, lv in enumerate(levels):
+        expect = torch.unique(torch.cat([vox.coords[:, :1], vox.coords[:, 1:] >> s], 1), dim=0)
+        got = torch.unique(lv.indices, dim=0)
+        assert torch.equal(got, expect)
+        rows = point_rows_at_level(lv.indices, point_coords, s)
+        want = torch.cat([point_coords[:, :1], point_coords[:, 1:] >> s], 1)
+        assert torch.equal(lv.indices[rows], want)
+    with pytest.raises(RuntimeError, match="no voxel"):
+        point_rows_at_level(levels[1].indices, point_coords + 1000, 1)
+
+
+def test_image_net_levels_and_local_weights(tmp_path):
+    torch.manual_seed(0)
+    net = ImageNet("resnet18", "none", [1, 2], 8, 20)
+    feats, logits = net(torch.randn(2, 3, 32, 64))
+    assert [f.shape for f in feats] == [(2, 8, 8, 16), (2, 8, 4, 8)] and net.reductions == [4, 8]
+    assert logits.shape == (2, 20, 8, 16)
+    path = tmp_path / "enc.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in net.encoder.state_dict().items()}}, path)
+    loaded = build_encoder("resnet18", str(path), [1, 2])
+    for k, v in net.encoder.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
+    with pytest.raises(ValueError, match=r"enc\.pt.*does not match backbone 'resnet34'"):
+        build_encoder("resnet34", str(path), [1, 2])
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        build_encoder("resnet18", str(tmp_path / "nope.pt"), [1, 2])
+
+
+def test_model_config_is_validated_with_named_fields():
+    assert from_dict(ModelConfig, {"use_camera": False}).use_camera is False
+    with pytest.raises(ConfigError, match=r"scales\[0\]"):
+        from_dict(ModelConfig, {"scales": [[5, 0]]})
+    with pytest.raises(ConfigError, match="unet_decoder_channels"):
+        from_dict(ModelConfig, {"unet_channels": [8, 16, 32], "unet_decoder_channels": [8]})
+    with pytest.raises(ConfigError, match="kd_teacher"):
+        from_dict(ModelConfig, {"kd_teacher": "lidar"})
+    with pytest.raises(ConfigError, match="w2d"):
+        from_dict(ModelConfig, {"w2d": -1.0})
