@@ -140,6 +140,9 @@ class TrainConfig:
     init_checkpoint: str | None = None
     #: DDP: allow parameters that get no gradient in a step (e.g. no point-pixel pairs in a batch).
     find_unused_parameters: bool = True
+    #: DDP on GPUs: BatchNorm statistics over all ranks (SyncBatchNorm; gloo/CPU has none, there the
+    #: running statistics are averaged over ranks before every validation and checkpoint instead).
+    sync_batchnorm: bool = True
 
     def __post_init__(self) -> None:
         if not self.out_dir:
