@@ -1,0 +1,102 @@
+"""`xkd-eval`: mIoU, per-class IoU and confusion matrices of a checkpoint on SemanticKITTI-format data.
+
+    xkd-eval --checkpoint runs/xkd/best.pt --data /data/semantickitti --split val --out eval/xkd
+    xkd-eval --checkpoint best.pt --data synth --sequences 08 --out eval/ --fuse --device cuda
+
+Writes `OUT/metrics.json` (full scan and camera-frustum subset), `OUT/confusion_full.png`,
+`OUT/confusion_frustum.png` and `OUT/iou_per_class.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from torch.utils.data import DataLoader
+
+from xkd_core.data.dataset import SemanticKittiDataset
+from xkd_core.data.semantickitti import SPLITS, DataFormatError
+
+
+def _first(items: list):
+    return items[0]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="xkd-eval", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    p.add_argument("--checkpoint", required=True, help="checkpoint written by xkd-train (best.pt / last.pt)")
+    p.add_argument("--data", required=True, help="SemanticKITTI-format root (holding sequences/)")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--split", choices=sorted(SPLITS), help="official split")
+    which.add_argument("--sequences", nargs="+", help="sequence ids, e.g. 08")
+    p.add_argument("--out", required=True, help="output folder for metrics.json and PNGs")
+    p.add_argument("--fuse", action="store_true", help="use the camera (fused head) inside the frustum")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
+    p.add_argument("--backend", default="auto", help="sparse backend: auto | spconv | spconv_triton")
+    p.add_argument("--fp16", action="store_true", help="half-precision inference (GPU)")
+    p.add_argument("--cameras", type=int, nargs="+", default=[2], help="KITTI cameras (2 3): frustum, fusion")
+    p.add_argument("--max-scans", type=int, default=None, help="evaluate only the first N scans")
+    p.add_argument("--num-workers", type=int, default=2, help="scan-loading worker processes")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from xkd_core.evaluation.evaluate import evaluate
+    from xkd_core.evaluation.plots import plot_confusion, plot_iou_bars
+    from xkd_core.inference import Segmenter
+
+    ckpt = Path(args.checkpoint)
+    if not ckpt.is_file():
+        print(f"xkd-eval: error: checkpoint not found: {ckpt}", file=sys.stderr)
+        return 2
+    if args.max_scans is not None and args.max_scans < 1:
+        print("xkd-eval: error: --max-scans must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        dataset = SemanticKittiDataset(args.data, split=args.split, sequences=args.sequences,
+                                       cameras=tuple(args.cameras), with_labels=True)
+        seg = Segmenter.from_checkpoint(ckpt, device=args.device, fp16=args.fp16, backend=args.backend,
+                                        fuse=args.fuse)
+    except (DataFormatError, ValueError, ImportError, RuntimeError) as exc:
+        print(f"xkd-eval: error: {exc}", file=sys.stderr)
+        return 2
+    n = len(dataset) if args.max_scans is None else min(args.max_scans, len(dataset))
+    if n == 0:
+        print(f"xkd-eval: error: no scans found under {args.data}", file=sys.stderr)
+        return 2
+    subset = dataset if n == len(dataset) else __import__("torch").utils.data.Subset(dataset, range(n))
+    loader = DataLoader(subset, batch_size=1, collate_fn=_first, num_workers=args.num_workers)
+    seg.warmup()
+    result = evaluate(seg, loader, fuse=args.fuse, progress=not args.no_progress, total=n)
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "checkpoint": str(ckpt),
+        "data": str(args.data),
+        "sequences": sorted({seq for seq, _ in dataset.frames()[:n]}),
+        "fuse": args.fuse,
+        "device": args.device,
+        "fp16": args.fp16,
+        "cameras": args.cameras,
+        **result.to_json(),
+    }
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    plot_confusion(result.full.matrix.cpu().numpy(), out / "confusion_full.png", "full scan")
+    plot_confusion(result.frustum.matrix.cpu().numpy(), out / "confusion_frustum.png", "camera frustum")
+    plot_iou_bars({"full scan": result.full.iou(), "camera frustum": result.frustum.iou()},
+                  out / "iou_per_class.png")
+    full, fr = metrics["full"]["miou"], metrics["frustum"]["miou"]
+    print(f"{n} scans: mIoU full {'n/a' if full is None else f'{full:.4f}'}, "
+          f"frustum {'n/a' if fr is None else f'{fr:.4f}'}; wrote {out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
