@@ -1,0 +1,163 @@
+"""Segmenter: one output per input point in input order, NaN / range handling, checkpoint round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from model_fixtures import camera, random_frame, tiny_config
+
+from xkd_core.data.collate import collate, prepare_sample
+from xkd_core.inference import Segmenter
+from xkd_core.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from xkd_core.models.xmodel_kd import XModelKD
+
+HW = (32, 64)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _model(use_camera: bool = True, seed: int = 0) -> XModelKD:
+    torch.manual_seed(seed)
+    model = XModelKD(tiny_config(use_camera=use_camera))
+    # a few training-mode passes give BatchNorm non-trivial running statistics
+    rng = np.random.default_rng(seed)
+    model.train()
+    with torch.no_grad():
+        for _ in range(2):
+            f = random_frame(rng, 800, [camera(rng)])
+            model(collate([prepare_sample(f, train=False, rng=None, point_aug=None, image_aug=None,
+                                          image_hw=HW, use_camera=use_camera)]))
+    return model.eval()
+
+
+def test_output_keeps_length_and_order_and_zeroes_bad_points():
+    model = _model(use_camera=False)
+    seg = Segmenter.from_model(model, model.cfg, None, device="cpu")
+    rng = np.random.default_rng(1)
+    clean = random_frame(rng, 1000).points
+    res_clean = seg.segment(clean)
+    assert res_clean.labels.shape == (1000,) and res_clean.labels.dtype == np.uint16
+    assert res_clean.confidence.shape == (1000,) and res_clean.confidence.dtype == np.float32
+    assert (res_clean.labels >= 1).all() and (res_clean.labels < 20).all()  # never the ignore class
+    assert (res_clean.confidence > 0).all() and (res_clean.confidence <= 1).all()
+    assert set(res_clean.timings) >= {"preprocess", "model", "postprocess", "total"}
+
+    # insert non-finite points between the clean ones: the clean ones keep their results exactly
+    bad_at = np.array([0, 17, 18, 500, 1002])
+    dirty = np.insert(clean, bad_at - np.arange(len(bad_at)), np.nan, axis=0)
+    dirty[17, 0] = np.inf
+    assert len(dirty) == 1005
+    res = seg.segment(dirty)
+    assert res.labels.shape == (1005,)
+    assert (res.labels[bad_at] == 0).all() and (res.confidence[bad_at] == 0).all()
+    good = np.setdiff1d(np.arange(1005), bad_at)
+    assert np.array_equal(res.labels[good], res_clean.labels)
+    assert np.allclose(res.confidence[good], res_clean.confidence, atol=1e-6)
+
+
+def test_max_range_three_columns_empty_and_bad_shapes():
+    model = _model(use_camera=False)
+    seg = Segmenter.from_model(model, model.cfg, None, max_range=10.0)
+    pts = random_frame(np.random.default_rng(2), 600).points
+    res = seg.segment(pts)
+    far = np.linalg.norm(pts[:, :3], axis=1) > 10.0
+    assert far.any() and (res.labels[far] == 0).all() and (res.confidence[far] == 0).all()
+    assert (res.labels[~far] > 0).all()
+    assert seg.segment(pts[:, :3]).labels.shape == (600,)
+    empty = seg.segment(np.full((7, 4), np.nan, np.float32))
+    assert (empty.labels == 0).all() and (empty.confidence == 0).all() and len(empty.labels) == 7
+    assert len(seg.segment(np.zeros((0, 4), np.float32)).labels) == 0
+    with pytest.raises(ValueError, match="points must be"):
+        seg.segment(np.zeros((5, 6), np.float32))
+    with pytest.raises(ValueError, match="max_range"):
+        Segmenter.from_model(model, model.cfg, None, max_range=-1.0)
+
+
+def test_checkpoint_round_trip_gives_identical_results(tmp_path):
+    model = _model(use_camera=True)
+    path = save_checkpoint(tmp_path / "run" / "best.pt", model, model.cfg, {"step": 7}, image_hw=HW)
+    assert [p.name for p in path.parent.iterdir()] == ["best.pt"]  # no temporary file left behind
+    ckpt = load_checkpoint(path)
+    assert ckpt["step"] == 7 and ckpt["config"]["image_hw"] == list(HW) and len(ckpt["class_names"]) == 20
+
+    rng = np.random.default_rng(3)
+    frame = random_frame(rng, 900, [camera(rng, (40, 80))])
+    for fuse in (False, True):
+        a = Segmenter.from_model(model, model.cfg, HW, fuse=fuse).segment(frame.points, frame.views)
+        b = Segmenter.from_checkpoint(path, device="cpu", fuse=fuse).segment(frame.points, frame.views)
+        assert np.array_equal(a.labels, b.labels)
+        assert np.allclose(a.confidence, b.confidence, atol=1e-6)
+    fused = Segmenter.from_checkpoint(path, fuse=True)
+    fused.warmup(num_points=500, iterations=1)
+    plain = Segmenter.from_checkpoint(path, fuse=False).segment(frame.points, frame.views)
+    with_cam = fused.segment(frame.points, frame.views)
+    without_cam = fused.segment(frame.points, None)
+    assert np.array_equal(without_cam.labels, plain.labels)  # no image: the 3D branch alone
+    assert not np.allclose(with_cam.confidence, plain.confidence)
+
+
+def test_save_checkpoint_image_size_rules(tmp_path):
+    model = _model(use_camera=True)
+    with pytest.raises(ValueError, match="image_hw"):
+        save_checkpoint(tmp_path / "a.pt", model, model.cfg)
+    with pytest.raises(ValueError, match="reserved"):
+        save_checkpoint(tmp_path / "a.pt", model, model.cfg, {"model": 1}, image_hw=HW)
+    # xkd-train passes its resolved config in `extra`; the image size is taken from there
+    extra = {"train_config": {"data": {"image_hw": [24, 48]}}}
+    p = save_checkpoint(tmp_path / "b.pt", model, model.cfg, extra)
+    assert load_checkpoint(p)["config"]["image_hw"] == [24, 48]
+    base = _model(use_camera=False)
+    assert load_checkpoint(save_checkpoint(tmp_path / "c.pt", base, base.cfg))["config"]["image_hw"] is None
+
+
+def test_bad_checkpoints_give_errors_naming_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        Segmenter.from_checkpoint(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="junk.pt"):
+        Segmenter.from_checkpoint(junk)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(CheckpointError, match="foreign.pt.*missing keys"):
+        Segmenter.from_checkpoint(foreign)
+    model = _model(use_camera=False)
+    good = save_checkpoint(tmp_path / "good.pt", model, model.cfg)
+    ckpt = torch.load(good, weights_only=True)
+    ckpt["format_version"] = 99
+    torch.save(ckpt, tmp_path / "future.pt")
+    with pytest.raises(CheckpointError, match="future.pt.*format_version"):
+        Segmenter.from_checkpoint(tmp_path / "future.pt")
+    ckpt["format_version"] = 1
+    ckpt["config"]["model"]["unet_channels"] = [8, 32, 16]  # weights no longer fit
+    torch.save(ckpt, tmp_path / "mismatch.pt")
+    with pytest.raises(CheckpointError, match="mismatch.pt.*do not fit"):
+        Segmenter.from_checkpoint(tmp_path / "mismatch.pt")
+    ckpt["config"]["model"]["bogus"] = 1
+    torch.save(ckpt, tmp_path / "badcfg.pt")
+    with pytest.raises(CheckpointError, match="badcfg.pt.*bogus"):
+        Segmenter.from_checkpoint(tmp_path / "badcfg.pt")
+
+
+def test_cuda_requested_without_cuda_is_refused():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    model = _model(use_camera=False)
+    with pytest.raises(RuntimeError, match="CUDA is not available"):
+        Segmenter.from_model(model, model.cfg, None, device="cuda")
+
+
+@pytest.mark.gpu
+def test_gpu_fp16_agrees_with_cpu():
+    model = _model(use_camera=False)
+    pts = random_frame(np.random.default_rng(4), 3000).points
+    cpu = Segmenter.from_model(model, model.cfg, None, device="cpu").segment(pts)
+    gpu = Segmenter.from_model(_model(use_camera=False), model.cfg, None, device="cuda", fp16=True)
+    gpu.warmup(num_points=1000, iterations=1)
+    res = gpu.segment(pts)
+    assert res.labels.shape == cpu.labels.shape
+    assert (res.labels == cpu.labels).mean() > 0.95
