@@ -180,7 +180,14 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
         self._tb = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step or None)
-        self._log_file = open(self.out_dir / "log.jsonl", "a")  # noqa: SIM115 - closed in _close_logs
+        log_path = self.out_dir / "log.jsonl"
+        if log_path.is_file():
+            # a resumed run repeats the steps after its checkpoint: drop their old records, as
+            # TensorBoard's purge_step does, so the log reads like one uninterrupted run
+            lines = log_path.read_text().splitlines()
+            kept = [ln for ln in lines if ln.strip() and json.loads(ln).get("step", 0) <= self.step]
+            log_path.write_text("".join(ln + "\n" for ln in kept))
+        self._log_file = open(log_path, "a")  # noqa: SIM115 - closed in _close_logs
 
     def _close_logs(self) -> None:
         if self._tb is not None:
@@ -298,6 +305,10 @@ class Trainer:
                         result.history.append(rec)
                         self._record(rec)
                         bar.set_postfix(loss=f"{rec['loss/total']:.3f}", sps=f"{rec['perf/scans_per_s']:.1f}")
+                        if self.info.is_main and not self.progress:
+                            log.info("step %d/%d loss %.4f lr %.3g %.3f s/step %.1f scans/s", self.step,
+                                     self.total_steps, rec["loss/total"], rec["lr"], rec["perf/s_per_step"],
+                                     rec["perf/scans_per_s"])
                         sums, window_steps, window_scans = {}, 0, 0
                         window_t0 = time.perf_counter()
                     val_due = self.cfg.val_every and self.step % self.cfg.val_every == 0
