@@ -14,13 +14,15 @@ import json
 import sys
 from pathlib import Path
 
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from xkd_core.data.dataset import SemanticKittiDataset
 from xkd_core.data.semantickitti import SPLITS, DataFormatError
+from xkd_core.models.sparse_backend import BACKENDS
 
 
 def _first(items: list):
+    """Collate of a batch of one frame: the frame itself (the Segmenter takes one scan at a time)."""
     return items[0]
 
 
@@ -36,11 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for metrics.json and PNGs")
     p.add_argument("--fuse", action="store_true", help="use the camera (fused head) inside the frustum")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
-    p.add_argument("--backend", default="auto", help="sparse backend: auto | spconv | spconv_triton")
+    p.add_argument("--backend", default="auto", choices=BACKENDS, help="sparse-convolution library")
     p.add_argument("--fp16", action="store_true", help="half-precision inference (GPU)")
     p.add_argument("--cameras", type=int, nargs="+", default=[2], help="KITTI cameras (2 3): frustum, fusion")
     p.add_argument("--max-scans", type=int, default=None, help="evaluate only the first N scans")
-    p.add_argument("--num-workers", type=int, default=2, help="scan-loading worker processes")
+    p.add_argument("--num-workers", type=int, default=2, help="scan-loading worker processes (0 = inline)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -58,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.max_scans is not None and args.max_scans < 1:
         print("xkd-eval: error: --max-scans must be >= 1", file=sys.stderr)
         return 2
+    if args.num_workers < 0:
+        print("xkd-eval: error: --num-workers must be >= 0", file=sys.stderr)
+        return 2
     try:
         dataset = SemanticKittiDataset(args.data, split=args.split, sequences=args.sequences,
                                        cameras=tuple(args.cameras), with_labels=True)
@@ -70,8 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if n == 0:
         print(f"xkd-eval: error: no scans found under {args.data}", file=sys.stderr)
         return 2
-    subset = dataset if n == len(dataset) else __import__("torch").utils.data.Subset(dataset, range(n))
-    loader = DataLoader(subset, batch_size=1, collate_fn=_first, num_workers=args.num_workers)
+    frames = dataset if n == len(dataset) else Subset(dataset, range(n))
+    loader = DataLoader(frames, batch_size=1, collate_fn=_first, num_workers=args.num_workers)
     seg.warmup()
     result = evaluate(seg, loader, fuse=args.fuse, progress=not args.no_progress, total=n)
 
