@@ -72,7 +72,7 @@ def build_encoder(backbone: str, pretrained: str, out_indices: Sequence[int]) ->
     try:
         encoder = timm.create_model(backbone, features_only=True, out_indices=tuple(out_indices),
                                     pretrained=pretrained == "hub")
-    except RuntimeError as exc:
+    except Exception as exc:  # noqa: BLE001 - hub downloads fail with OSError, HTTP and hub errors
         if pretrained == "hub":
             raise RuntimeError(f"could not fetch hub weights for image backbone {backbone!r} "
                                f"(offline? use image_pretrained: none or a local file): {exc}") from exc
