@@ -1,7 +1,7 @@
 """Training end to end on a tiny CPU scene: loss falls, exact resume, both configs, DDP, fine-tuning, eval.
 
-Data: `train_fixtures.write_scene_sequence` (sequence 00 to train, 01 to validate), small enough that
-a CPU step takes tens of milliseconds (baseline) to a few tenths of a second (xModel-KD).
+Data: the synthetic world (`train_fixtures.write_synth`: sequence 00 to train, 01 to validate), small
+enough that a CPU step takes tens of milliseconds (baseline) to a few tenths of a second (xModel-KD).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from train_fixtures import HW, ddp_worker, write_scene_sequence
+from train_fixtures import HW, ddp_worker, write_synth
 
 from xkd_core.config import ConfigError, to_dict
 from xkd_core.data.dataset import SemanticKittiDataset
@@ -38,8 +38,8 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def scene_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("scene")
-    write_scene_sequence(root, "00", n_frames=4, seed=0)
-    write_scene_sequence(root, "01", n_frames=2, seed=1)
+    write_synth(root, "00", scans=4)
+    write_synth(root, "01", scans=2)
     return root
 
 
@@ -310,7 +310,7 @@ def test_xkd_eval_writes_metrics_and_pictures(baseline_run, scene_root: Path, tm
     assert 0 < in_view < labelled
     for part in ("full", "frustum"):
         assert 0.0 <= m[part]["miou"] <= 1.0
-        assert set(m[part]["classes_present"]) <= {"road", "sidewalk", "building", "car", "pole"}
+        assert {"road", "car", "building"} <= set(m[part]["classes_present"])
     assert m["latency_ms"]["p50"] > 0
     for name in ("confusion_full.png", "confusion_frustum.png", "iou_per_class.png"):
         img = cv2.imread(str(ev / name))
