@@ -1,0 +1,312 @@
+"""segment_node end to end over real Fast DDS: the node runs as its console script in a child process.
+
+The labeled output is checked point by point against `Segmenter` run here on the same scan with the
+same checkpoint (same thread count, so the floating-point work is identical).
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from node_fixtures import (
+    IMAGE_HW,
+    Harness,
+    K,
+    NodeProcess,
+    T,
+    synthetic_image,
+    synthetic_scan,
+    tiny_checkpoint,
+    topics,
+    write_params,
+)
+
+from xkd_core.classes import PALETTE_PACKED_RGB
+from xkd_core.data.frame import CameraView
+from xkd_core.data.pairlog import list_pair_files, read_pair_file
+from xkd_core.inference import Segmenter
+from xkd_ros.image import image_to_rgb
+from xkd_ros.pointcloud import FLOAT32, UINT16, cloud_view
+from xkd_ros.stamp import header_ns, rclpy_header
+
+pytestmark = pytest.mark.ros
+
+S = 1_000_000_000  # ns per second
+WAIT = 60.0  # generous: 2 shared CPU cores
+_clock = iter(range(1000 * S, 10**6 * S, S // 10))
+
+
+def next_stamp() -> int:
+    """A 10 Hz sensor clock shared by the tests of one node: stamps only move forward, as live."""
+    return next(_clock)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pt")
+
+
+@pytest.fixture(scope="module")
+def reference(checkpoint: Path) -> Segmenter:
+    return Segmenter.from_checkpoint(checkpoint, "cpu", fuse=True, max_range=100.0)
+
+
+def expected(seg: Segmenter, points: np.ndarray, image: np.ndarray | None):
+    """What the node must publish for this scan (camera view built exactly as the node builds it)."""
+    torch.set_num_threads(1)  # the node runs with cpu_threads: 1
+    views = None if image is None else [CameraView(image, K, T, "camera")]
+    return seg.segment(points, views)
+
+
+def prime(h: Harness, node: NodeProcess, with_camera: bool) -> dict[int, np.ndarray]:
+    """Send frames until one comes back (with its overlay when the camera is on).
+
+    A publisher seeing its subscriber does not mean the subscriber already sees the publisher: the
+    first best-effort messages after discovery may be lost. Returns the scans sent, by stamp.
+    """
+    sent = {}
+    for attempt in range(5):
+        stamp, points = next_stamp(), synthetic_scan(900 + attempt)
+        sent[stamp] = points
+        if with_camera:
+            h.publish_camera(stamp, synthetic_image(900 + attempt))
+            h.spin_for(0.5)
+        h.publish_cloud(stamp, points)
+        def answered(stamp: int = stamp) -> bool:
+            return h.output_for(stamp) is not None and (not with_camera or h.overlay_for(stamp) is not None)
+
+        if h.spin_until(answered, 10.0, node):
+            return sent
+    raise AssertionError(f"segment_node never answered a frame; log:\n{node.log()}")
+
+
+def start_node(tmp: Path, name: str, checkpoint: Path, **overrides) -> tuple[NodeProcess, Harness]:
+    tp = topics(name)
+    params = {"checkpoint": str(checkpoint), "device": "cpu", "cpu_threads": 1, "fuse_camera": True,
+              "max_range": 100.0, "diagnostics_period": 0.5, **{f"topics.{k}": v for k, v in tp.items()}}
+    params.update(overrides)
+    node = NodeProcess(write_params(tmp / f"{name}.yaml", params, name), tmp / f"{name}.log", name)
+    harness = Harness(f"{name}_harness", tp)
+    try:
+        harness.wait_connected(node, with_camera=params.get("use_camera", True))
+        harness.primed = prime(harness, node, with_camera=params.get("use_camera", True))
+    except BaseException:
+        harness.close()
+        node.stop()
+        raise
+    return node, harness
+
+
+@pytest.fixture(scope="module")
+def camera_node(tmp_path_factory: pytest.TempPathFactory, checkpoint: Path):
+    node, harness = start_node(tmp_path_factory.mktemp("camera_node"), "xkd_cam", checkpoint)
+    yield node, harness
+    harness.close()
+    rc = node.stop()
+    assert rc == 0, f"segment_node exited with {rc} on SIGINT; log:\n{node.log()}"
+
+
+def send_frame(h: Harness, node: NodeProcess, stamp: int, points: np.ndarray,
+               image: np.ndarray | None) -> object:
+    """Publish (image + info, then) the cloud and return the labeled cloud for that stamp."""
+    if image is not None:
+        h.publish_camera(stamp, image)
+        h.spin_for(0.5)  # the image must be in the node's cache before the cloud asks for it
+    h.publish_cloud(stamp, points)
+    assert h.spin_until(lambda: h.output_for(stamp) is not None, WAIT, node), (
+        f"no labeled cloud for stamp {stamp}; node alive={node.alive()}; log:\n{node.log()}")
+    return h.output_for(stamp)
+
+
+def assert_cloud_matches(msg, points: np.ndarray, ref, stamp: int) -> None:
+    assert header_ns(msg.header) == stamp and msg.header.frame_id == "velodyne"
+    assert msg.height == 1 and msg.width == len(points)
+    fields = {f.name: (f.datatype, f.count) for f in msg.fields}
+    assert fields["label"] == (UINT16, 1) and fields["rgb"] == (FLOAT32, 1)
+    assert fields["confidence"] == (FLOAT32, 1)
+    out = cloud_view(msg).reshape(-1)
+    got_xyzi = np.stack([out[k] for k in ("x", "y", "z", "intensity")], axis=1)
+    np.testing.assert_array_equal(got_xyzi, points)  # same points, same order, NaNs in place
+    np.testing.assert_array_equal(out["label"], ref.labels)
+    np.testing.assert_allclose(out["confidence"], ref.confidence, rtol=0, atol=1e-5)
+    nan = ~np.isfinite(points[:, :3]).all(axis=1)
+    assert nan.sum() > 0 and (out["label"][nan] == 0).all() and (out["confidence"][nan] == 0).all()
+    assert (out["label"][~nan] > 0).all()  # every finite point in range got a real class
+    np.testing.assert_array_equal(out["rgb"].view(np.uint32), PALETTE_PACKED_RGB[ref.labels].view(np.uint32))
+
+
+def test_labels_per_point_match_in_process_segmenter(camera_node, reference: Segmenter) -> None:
+    node, h = camera_node
+    points, image = synthetic_scan(1), synthetic_image(1)
+    stamp = next_stamp()
+    msg = send_frame(h, node, stamp, points, image)
+    ref = expected(reference, points, image)
+    assert_cloud_matches(msg, points, ref, stamp)
+    # The image was really used: the fused result differs from the LiDAR-only one on this scan ...
+    lidar_only = expected(reference, points, None)
+    assert (ref.labels != lidar_only.labels).any()
+    # ... and the overlay for this frame shows label colours drawn over the camera image.
+    assert h.spin_until(lambda: h.overlay_for(stamp) is not None, WAIT, node)
+    overlay = image_to_rgb(h.overlay_for(stamp))
+    assert overlay.shape == (*IMAGE_HW, 3)
+    changed = (overlay != image).any(axis=2)
+    assert 0.01 < changed.mean() < 0.99
+
+
+def test_camera_stall_keeps_lidar_output(camera_node, reference: Segmenter) -> None:
+    node, h = camera_node
+    stamps = [next_stamp() for _ in range(7)]
+    for i, stamp in enumerate(stamps):
+        points = synthetic_scan(10 + i)
+        image = synthetic_image(i) if i < 3 else None  # the camera goes silent after frame 2
+        msg = send_frame(h, node, stamp, points, image)
+        assert_cloud_matches(msg, points, expected(reference, points, image), stamp)
+    h.spin_for(0.5)
+    assert [h.overlay_for(s) is not None for s in stamps] == [True] * 3 + [False] * 4
+    assert node.alive()
+
+
+def test_bad_input_is_counted_and_next_frame_processed(camera_node, reference: Segmenter) -> None:
+    from sensor_msgs.msg import Image, PointCloud2, PointField
+
+    node, h = camera_node
+    stamp = next_stamp()
+    no_z = PointCloud2(header=rclpy_header(stamp, "velodyne"), height=1, width=2, point_step=8, row_step=16,
+                       fields=[PointField(name="x", offset=0, datatype=FLOAT32, count=1),
+                               PointField(name="y", offset=4, datatype=FLOAT32, count=1)])
+    no_z.data = bytes(16)
+    h.cloud_pub.publish(no_z)
+    short = PointCloud2(header=rclpy_header(stamp + 1, "velodyne"), height=1, width=10, point_step=12,
+                        row_step=120, fields=[PointField(name=n, offset=4 * i, datatype=FLOAT32, count=1)
+                                              for i, n in enumerate("xyz")])
+    short.data = bytes(60)  # half the promised bytes
+    h.cloud_pub.publish(short)
+    yuv = Image(header=rclpy_header(stamp + 2, "camera"), height=2, width=2, encoding="yuv422", step=4)
+    yuv.data = bytes(8)
+    h.image_pub.publish(yuv)
+
+    points = synthetic_scan(30)
+    good = next_stamp()
+    msg = send_frame(h, node, good, points, None)
+    assert_cloud_matches(msg, points, expected(reference, points, None), good)
+    assert h.output_for(stamp) is None and h.output_for(stamp + 1) is None
+    t = time.monotonic()
+    assert h.spin_until(lambda: h.latest_diagnostics(node.name, t) is not None, WAIT, node)
+    diag = h.latest_diagnostics(node.name, t)
+    assert int(diag["skipped.cloud_format.missing_field"]) == 1
+    assert int(diag["skipped.cloud_format.bad_data_length"]) == 1
+    assert int(diag["image_format.unsupported_encoding"]) == 1
+    assert node.alive()
+    assert "missing_field" in node.log() or "no 'z' field" in node.log()  # the skip was logged
+
+
+def test_diagnostics_report_latency_rates_and_counters(camera_node) -> None:
+    node, h = camera_node
+    t0 = time.monotonic()
+    assert h.spin_until(lambda: h.latest_diagnostics(node.name, t0) is not None, WAIT, node)
+    before = h.latest_diagnostics(node.name, t0)
+    for i in range(4):
+        send_frame(h, node, next_stamp(), synthetic_scan(40 + i), synthetic_image(i))
+    t1 = time.monotonic()
+    assert h.spin_until(lambda: h.latest_diagnostics(node.name, t1) is not None, WAIT, node)
+    diag = h.latest_diagnostics(node.name, t1)
+    assert int(diag["frames_out"]) - int(before["frames_out"]) == 4
+    assert int(diag["frames_in"]) - int(before["frames_in"]) == 4
+    assert int(diag["sync.matched"]) - int(before["sync.matched"]) == 4
+    assert int(diag["dropped"]) == 0  # one frame at a time: the worker never had to drop one
+    p50, p99 = float(diag["latency_p50_ms"]), float(diag["latency_p99_ms"])
+    assert 0 < p50 <= p99 <= float(diag["latency_max_ms"])
+    assert int(diag["latency_samples"]) == int(diag["frames_out"])
+    assert float(diag["input_rate_hz"]) > 0 and float(diag["output_rate_hz"]) > 0
+    assert diag["device"] == "cpu"
+
+
+def test_max_range_changes_at_run_time(camera_node, checkpoint: Path) -> None:
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    node, h = camera_node
+    client = h.node.create_client(SetParameters, f"/{node.name}/set_parameters")
+    assert client.wait_for_service(timeout_sec=WAIT)
+
+    def set_double(name: str, value: float):
+        param = ParameterMsg(name=name, value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE,
+                                                             double_value=value))
+        future = client.call_async(SetParameters.Request(parameters=[param]))
+        assert h.spin_until(future.done, WAIT, node)
+        return future.result().results[0]
+
+    assert set_double("max_range", 15.0).successful
+    refused = set_double("sync_slop", 0.1)
+    assert not refused.successful and "read-only" in refused.reason
+    assert not set_double("max_range", -1.0).successful  # out of range
+
+    points = synthetic_scan(50)
+    stamp = next_stamp()
+    msg = send_frame(h, node, stamp, points, None)
+    near = Segmenter.from_checkpoint(checkpoint, "cpu", fuse=True, max_range=15.0)
+    ref = expected(near, points, None)
+    labels = cloud_view(msg).reshape(-1)["label"]
+    np.testing.assert_array_equal(labels, ref.labels)
+    far = np.linalg.norm(np.nan_to_num(points[:, :3], nan=0.0), axis=1) > 15.0
+    assert far.sum() > 100 and (labels[far] == 0).all()
+    assert set_double("max_range", 100.0).successful
+
+
+def test_lidar_only_mode(tmp_path: Path, checkpoint: Path, reference: Segmenter) -> None:
+    node, h = start_node(tmp_path, "xkd_lidar", checkpoint, use_camera=False)
+    try:
+        assert h.image_pub.get_subscription_count() == 0  # the node does not even subscribe
+        assert h.node.count_publishers(h.topics["overlay_out"]) == 0
+        t = time.monotonic()
+        assert h.spin_until(lambda: h.latest_diagnostics(node.name, t) is not None, WAIT, node)
+        before = int(h.latest_diagnostics(node.name, t)["frames_out"])
+        for i in range(2):
+            stamp = next_stamp()
+            points = synthetic_scan(60 + i)
+            h.publish_camera(stamp, synthetic_image(i))  # ignored
+            msg = send_frame(h, node, stamp, points, None)
+            assert_cloud_matches(msg, points, expected(reference, points, None), stamp)
+        t = time.monotonic()
+        assert h.spin_until(lambda: h.latest_diagnostics(node.name, t) is not None, WAIT, node)
+        diag = h.latest_diagnostics(node.name, t)
+        assert int(diag["frames_out"]) == before + 2 and not any(k.startswith("sync.") for k in diag)
+    finally:
+        h.close()
+        assert node.stop() == 0
+
+
+def test_approximate_sync_and_sigterm_flushes_pair_log(tmp_path: Path, checkpoint: Path,
+                                                       reference: Segmenter) -> None:
+    log_dir = tmp_path / "pairs"
+    node, h = start_node(tmp_path, "xkd_approx", checkpoint, sync_policy="approximate", log_pairs=True,
+                         pair_log_dir=str(log_dir), pair_log_every_n=1, pair_log_queue=8)
+    try:
+        sent = {}
+        for i in range(3):
+            stamp = next_stamp()
+            points, image = synthetic_scan(70 + i), synthetic_image(70 + i)
+            msg = send_frame(h, node, stamp, points, image)
+            ref = expected(reference, points, image)
+            assert_cloud_matches(msg, points, ref, stamp)
+            sent[stamp] = (points, ref.labels)
+        assert h.spin_until(lambda: all(h.overlay_for(s) is not None for s in sent), WAIT, node)
+    finally:
+        h.close()
+        node.signal(signal.SIGTERM)
+    node.proc.wait(30)
+    assert node.stop() == 0, node.log()
+    samples = {s.stamp_ns: s for s in map(read_pair_file, list_pair_files(log_dir))}
+    assert not list(log_dir.glob("*.tmp"))
+    assert set(samples) == set(sent) | set(h.primed)  # every frame with an image (pair_log_every_n: 1)
+    for stamp, (points, labels) in sent.items():
+        sample = samples[stamp]
+        np.testing.assert_array_equal(sample.points, points)
+        np.testing.assert_array_equal(sample.pred_labels, labels)
+        assert len(sample.pairs.point) > 0 and sample.views[0].image.shape == (*IMAGE_HW, 3)
