@@ -1,0 +1,149 @@
+"""launch/segment.launch.py and rviz/xkd.rviz checked against the code they start and show.
+
+launch_ros is not installed here, so the launch file is read with `ast`: its executable must be a
+console script of setup.py, its parameters parameters of the node, its remaps the node's default
+topics, and every file it names must exist and be installed by setup.py. Where launch_ros exists,
+the LaunchDescription is also built for real.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+from glob import glob
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xkd_ros.pointcloud import LABELED_DTYPE
+from xkd_ros.segment_params import SegmentNodeConfig, param_specs
+
+REPO = Path(__file__).resolve().parent.parent
+LAUNCH = REPO / "launch" / "segment.launch.py"
+RVIZ = REPO / "rviz" / "xkd.rviz"
+DEFAULTS = SegmentNodeConfig()
+
+
+def calls(tree: ast.AST, name: str) -> list[ast.Call]:
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+            and getattr(n.func, "id", getattr(n.func, "attr", None)) == name]
+
+
+def kwarg(call: ast.Call, name: str) -> ast.expr | None:
+    return next((k.value for k in call.keywords if k.arg == name), None)
+
+
+def console_scripts() -> dict[str, str]:
+    tree = ast.parse((REPO / "setup.py").read_text())
+    setup = calls(tree, "setup")[0]
+    entry = ast.literal_eval(kwarg(setup, "entry_points"))
+    return dict(s.replace(" ", "").split("=", 1) for s in entry["console_scripts"])
+
+
+def setup_data_globs() -> list[str]:
+    """The globs of setup.py data_files (the f-string destination is irrelevant here)."""
+    tree = ast.parse((REPO / "setup.py").read_text())
+    return [ast.literal_eval(c.args[0]) for c in calls(tree, "glob")]
+
+
+@pytest.fixture(scope="module")
+def launch_tree() -> ast.Module:
+    return ast.parse(LAUNCH.read_text())
+
+
+def launch_nodes(tree: ast.Module) -> dict[str, ast.Call]:
+    return {ast.literal_eval(kwarg(c, "executable")): c for c in calls(tree, "Node")}
+
+
+def topic_remaps(tree: ast.Module) -> dict[str, str]:
+    assign = next(n for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                  and getattr(n.targets[0], "id", None) == "TOPIC_REMAPS")
+    return ast.literal_eval(assign.value)
+
+
+def test_segment_node_is_a_console_script_of_this_package(launch_tree: ast.Module) -> None:
+    node = launch_nodes(launch_tree)["segment_node"]
+    package = kwarg(node, "package")
+    assert isinstance(package, ast.Name) and package.id == "PACKAGE"
+    assert "PACKAGE = \"xkd_ros\"" in LAUNCH.read_text()
+    assert console_scripts()["segment_node"] == "xkd_ros.segment_node:main"
+    assert ast.literal_eval(kwarg(node, "name")) == "segment_node"  # the params file key /segment_node
+
+
+def test_launch_arguments_remaps_and_parameters_match_the_node(launch_tree: ast.Module) -> None:
+    declared = {ast.literal_eval(c.args[0]) for c in calls(launch_tree, "DeclareLaunchArgument")
+                if c.args and isinstance(c.args[0], ast.Constant)}
+    remaps = topic_remaps(launch_tree)
+    assert declared == {"params_file", "checkpoint", "use_camera", "use_rviz"}  # the rest from TOPIC_REMAPS
+    assert remaps == {name: getattr(DEFAULTS.topics, name)
+                      for name in ("cloud_in", "image_in", "camera_info_in", "cloud_out")}
+    node = launch_nodes(launch_tree)["segment_node"]
+    params = kwarg(node, "parameters")
+    overrides = next(e for e in params.elts if isinstance(e, ast.Dict))
+    names = {s.name for s in param_specs()}
+    assert {ast.literal_eval(k) for k in overrides.keys} == {"checkpoint", "use_camera"} <= names
+    assert isinstance(kwarg(node, "remappings"), ast.ListComp)
+
+
+def test_files_named_by_the_launch_file_exist_and_are_installed(launch_tree: ast.Module) -> None:
+    joins = [[ast.literal_eval(a) for a in c.args[0].elts[1:]]
+             for c in calls(launch_tree, "PathJoinSubstitution")]
+    assert sorted(joins) == [["config", "segment.yaml"], ["rviz", "xkd.rviz"]]
+    installed = {Path(p).resolve() for g in setup_data_globs() for p in glob(str(REPO / g))}
+    for parts in joins:
+        path = REPO.joinpath(*parts)
+        assert path.is_file() and path.resolve() in installed, path
+    assert LAUNCH.resolve() in installed
+    rviz = launch_nodes(launch_tree)["rviz2"]
+    assert ast.literal_eval(kwarg(rviz, "package")) == "rviz2"
+    assert kwarg(rviz, "condition") is not None  # only with use_rviz
+
+
+def test_every_parameter_in_config_yaml_is_declared_by_the_node() -> None:
+    def names(tree: dict, prefix: str = "") -> set[str]:
+        out = set()
+        for key, value in tree.items():
+            out |= names(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key}
+        return out
+
+    params = yaml.safe_load((REPO / "config" / "segment.yaml").read_text())
+    params = params["/segment_node"]["ros__parameters"]
+    assert names(params) == {s.name for s in param_specs()}
+
+
+def test_rviz_shows_the_labeled_cloud_by_its_rgb_field_with_matching_qos() -> None:
+    from xkd_ros.bag_io import LIDAR_FRAME
+
+    cfg = yaml.safe_load(RVIZ.read_text())["Visualization Manager"]
+    assert cfg["Global Options"]["Fixed Frame"] == LIDAR_FRAME == "velodyne"
+    displays = {d["Class"]: d for d in cfg["Displays"]}
+    assert "rviz_default_plugins/Grid" in displays
+    cloud = displays["rviz_default_plugins/PointCloud2"]
+    assert cloud["Topic"]["Value"] == DEFAULTS.topics.cloud_out == "/xkd/labeled_cloud"
+    assert cloud["Color Transformer"] == "RGB8" and cloud["Channel Name"] == "rgb"
+    assert "rgb" in LABELED_DTYPE.names
+    out = DEFAULTS.qos.output
+    assert cloud["Topic"]["Reliability Policy"] == {"reliable": "Reliable", "best_effort": "Best Effort"}[
+        out.reliability]
+    assert cloud["Topic"]["Durability Policy"] == {"volatile": "Volatile",
+                                                   "transient_local": "Transient Local"}[out.durability]
+    image = displays["rviz_default_plugins/Image"]
+    assert image["Topic"]["Value"] == DEFAULTS.topics.overlay_out
+    assert image["Topic"]["Reliability Policy"] == cloud["Topic"]["Reliability Policy"]
+
+
+def test_launch_description_builds_with_launch_ros() -> None:
+    pytest.importorskip("launch_ros")
+    from launch.actions import DeclareLaunchArgument
+
+    from launch import LaunchDescription
+
+    spec = importlib.util.spec_from_file_location("segment_launch", LAUNCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ld = module.generate_launch_description()
+    assert isinstance(ld, LaunchDescription)
+    args = {e.name for e in ld.entities if isinstance(e, DeclareLaunchArgument)}
+    assert {"params_file", "checkpoint", "use_camera", "use_rviz", "cloud_in", "image_in", "camera_info_in",
+            "cloud_out"} <= args
