@@ -7,6 +7,7 @@ same checkpoint (same thread count, so the floating-point work is identical).
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -27,11 +28,14 @@ from node_fixtures import (
 )
 
 from xkd_core.classes import PALETTE_PACKED_RGB
+from xkd_core.config import ConfigError
 from xkd_core.data.frame import CameraView
 from xkd_core.data.pairlog import list_pair_files, read_pair_file
-from xkd_core.inference import Segmenter
+from xkd_core.inference import Segmenter, SegmentResult
 from xkd_ros.image import image_to_rgb
+from xkd_ros.node_stats import NodeStats
 from xkd_ros.pointcloud import FLOAT32, UINT16, cloud_view
+from xkd_ros.segment_node import LatestFrameSlot, resolve_device, segment_with_oom_retry
 from xkd_ros.stamp import header_ns, rclpy_header
 
 pytestmark = pytest.mark.ros
@@ -310,3 +314,65 @@ def test_approximate_sync_and_sigterm_flushes_pair_log(tmp_path: Path, checkpoin
         np.testing.assert_array_equal(sample.points, points)
         np.testing.assert_array_equal(sample.pred_labels, labels)
         assert len(sample.pairs.point) > 0 and sample.views[0].image.shape == (*IMAGE_HW, 3)
+
+
+# ----------------------------------------------------------------------------- in-process pieces
+
+
+class FakeSegmenter:
+    """Raises CUDA out-of-memory for its first `ooms` calls, then labels every point 3."""
+
+    def __init__(self, ooms: int) -> None:
+        self.ooms = ooms
+        self.calls: list[int] = []
+
+    def segment(self, points: np.ndarray, views=None) -> SegmentResult:
+        self.calls.append(len(points))
+        if self.ooms:
+            self.ooms -= 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return SegmentResult(np.full(len(points), 3, np.uint16), np.full(len(points), 0.5, np.float32))
+
+
+def test_out_of_memory_retries_once_on_every_second_point_then_skips() -> None:
+    points = synthetic_scan(80)
+    stats = NodeStats()
+    labels, conf = segment_with_oom_retry(FakeSegmenter(0), points, None, stats)
+    assert (labels == 3).all() and stats.snapshot().counts == {}
+
+    seg = FakeSegmenter(1)
+    labels, conf = segment_with_oom_retry(seg, points, None, stats)
+    assert seg.calls == [len(points), (len(points) + 1) // 2]
+    assert (labels[::2] == 3).all() and (labels[1::2] == 0).all() and (conf[1::2] == 0).all()
+    assert len(labels) == len(points)  # still one label per input point
+
+    assert segment_with_oom_retry(FakeSegmenter(2), points, None, stats) is None
+    assert stats.snapshot().counts == {"out_of_memory": 2, "out_of_memory_subsampled": 1,
+                                       "skipped.out_of_memory": 1}
+
+
+def test_latest_frame_slot_keeps_only_the_newest() -> None:
+    slot = LatestFrameSlot()
+    assert slot.put("a") is False
+    assert slot.put("b") is True  # "a" was still waiting: dropped
+    assert slot.take(timeout=0) == "b"
+    assert slot.take(timeout=0.01) is None
+    got = []
+    worker = threading.Thread(target=lambda: got.append(slot.take()))
+    worker.start()
+    slot.put("c")
+    worker.join(10)
+    assert got == ["c"]
+    worker = threading.Thread(target=lambda: got.append(slot.take()))
+    worker.start()
+    slot.close()  # wakes a worker blocked without a timeout
+    worker.join(10)
+    assert not worker.is_alive() and got == ["c", None]
+
+
+def test_cuda_without_a_gpu_is_refused() -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(ConfigError, match="'device' is 'cuda' but no CUDA GPU"):
+        resolve_device("cuda")
