@@ -254,7 +254,8 @@ def test_ddp_two_cpu_processes_hold_identical_weights(scene_root: Path, tmp_path
 
 
 def test_finetune_on_pair_logs_from_a_checkpoint(baseline_run, scene_root: Path, tmp_path: Path) -> None:
-    """data.source=pairlog + init_checkpoint: starts from the checkpoint, trains on pseudo-labels."""
+    """data.source=pairlog + init_checkpoint: xModel-KD starts from the LiDAR-only checkpoint's 3D
+    weights (the camera branch starts fresh) and distils on the logged pairs' pseudo-labels."""
     from xkd_core.data.pairlog import PairLogWriter, PairSample
     from xkd_core.inference import Segmenter
 
@@ -269,12 +270,37 @@ def test_finetune_on_pair_logs_from_a_checkpoint(baseline_run, scene_root: Path,
     assert len(list(logs.glob("*"))) == 4
 
     cfg = tiny_cfg("xmodel_kd.yaml", scene_root, tmp_path / "ft", "data.source=pairlog", f"data.root={logs}",
-                   f"data.val_root={scene_root}", "optim.steps=2",
-                   "model.use_camera=false", f"init_checkpoint={out / 'best.pt'}")
+                   f"data.val_root={scene_root}", "optim.steps=2", f"init_checkpoint={out / 'best.pt'}")
     trainer = Trainer(cfg, progress=False)
-    assert_same(weights(trainer.model), load_checkpoint(out / "best.pt")["model"])
+    init = load_checkpoint(out / "best.pt")["model"]
+    start = weights(trainer.model)
+    assert_same({k: start[k] for k in init}, init)
+    assert any(k.startswith("image_net.") for k in set(start) - set(init))
     result = trainer.fit()
     assert result.step == 2 and len(result.val) == 1
+    assert {"loss/contrastive", "loss/kd"} <= set(result.history[-1])
+
+
+def test_amp_on_cpu_warns_and_trains_in_float32(scene_root: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg("baseline_lidar.yaml", scene_root, tmp_path, "optim.steps=1", "amp=bf16",
+                   "data.val_sequences=[]")
+    with pytest.warns(UserWarning, match="amp: bf16 needs a GPU"):
+        trainer = Trainer(cfg, progress=False)
+    assert trainer.amp_dtype is None
+    assert np.isfinite(trainer.fit().history[0]["loss/total"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_on_gpu(amp: str, scene_root: Path, tmp_path: Path) -> None:
+    cfg = tiny_cfg("xmodel_kd.yaml", scene_root, tmp_path, "optim.steps=3", f"amp={amp}", "device=cuda")
+    trainer = Trainer(cfg, progress=False)
+    before = weights(trainer.model)
+    result = trainer.fit()
+    assert all(np.isfinite(h["loss/total"]) for h in result.history)
+    assert trainer.scaler.is_enabled() == (amp == "fp16")
+    assert any(not torch.equal(before[k], v) for k, v in weights(trainer.model).items())
+    assert result.val and 0.0 <= result.val[-1]["val/miou"] <= 1.0
 
 
 def test_init_checkpoint_must_fit(baseline_run, scene_root: Path, tmp_path: Path) -> None:
