@@ -26,8 +26,8 @@ from xkd_core.synth import SynthConfig, SyntheticSequence, generate
 from xkd_core.synth.camera import cull as camera_cull
 from xkd_core.synth.camera import intrinsics, pixel_rays
 from xkd_core.synth.cli import main as synth_main
-from xkd_core.synth.lidar import cull as lidar_cull
 from xkd_core.synth.lidar import beam_grid
+from xkd_core.synth.lidar import cull as lidar_cull
 from xkd_core.synth.raycast import cast
 from xkd_core.synth.stats import collect, format_stats
 from xkd_core.synth.world import (
