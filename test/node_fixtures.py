@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 #: The console script installed next to the interpreter running the tests.
 SEGMENT_NODE = str(Path(sys.executable).parent / "segment_node")
@@ -70,19 +69,6 @@ def synthetic_image(seed: int) -> np.ndarray:
     return img
 
 
-def write_params(path: Path, params: dict[str, Any], node_name: str = "segment_node") -> Path:
-    """A params file for `/<node_name>`; dotted keys become nested YAML (as in config/segment.yaml)."""
-    tree: dict[str, Any] = {}
-    for key, value in params.items():
-        node = tree
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    path.write_text(yaml.safe_dump({f"/{node_name}": {"ros__parameters": tree}}))
-    return path
-
-
 def topics(prefix: str) -> dict[str, str]:
     """Per-node topic names, so several node processes in one test session never cross-talk."""
     return {key: f"/{prefix}/{key}" for key in ("cloud_in", "image_in", "camera_info_in", "cloud_out",
@@ -90,7 +76,11 @@ def topics(prefix: str) -> dict[str, str]:
 
 
 class NodeProcess:
-    """`segment_node --ros-args --params-file ...` as a child process, output captured to a file."""
+    """`segment_node --ros-args --params-file ...` as a child process, output captured to a file.
+
+    Unlike `xkd_ros.node_process.NodeProcess` (which runs `python -m xkd_ros.node_process`), this
+    starts the installed console script itself, so the tests cover the entry point users run.
+    """
 
     def __init__(self, params_file: Path, log_path: Path, node_name: str = "segment_node") -> None:
         self.log_path = log_path

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from node_fixtures import SEGMENT_NODE, tiny_checkpoint, write_params
+from node_fixtures import SEGMENT_NODE, tiny_checkpoint
 
 from xkd_core.config import ConfigError
+from xkd_ros.node_process import write_overrides
 from xkd_ros.segment_params import (
     SegmentNodeConfig,
     config_from_values,
@@ -134,7 +135,7 @@ def test_missing_checkpoint_is_named(tmp_path: Path) -> None:
 
 
 def run_node(tmp_path: Path, params: dict, *extra: str) -> subprocess.CompletedProcess:
-    path = write_params(tmp_path / "params.yaml", params)
+    path = write_overrides(tmp_path / "params.yaml", params)
     return subprocess.run([SEGMENT_NODE, "--ros-args", "--params-file", str(path), *extra],
                           capture_output=True, text=True, timeout=120)
 

@@ -24,7 +24,6 @@ from node_fixtures import (
     synthetic_scan,
     tiny_checkpoint,
     topics,
-    write_params,
 )
 
 from xkd_core.classes import PALETTE_PACKED_RGB
@@ -33,6 +32,7 @@ from xkd_core.data.frame import CameraView
 from xkd_core.data.pairlog import list_pair_files, read_pair_file
 from xkd_core.inference import Segmenter, SegmentResult
 from xkd_ros.image import image_to_rgb
+from xkd_ros.node_process import write_overrides
 from xkd_ros.node_stats import NodeStats
 from xkd_ros.pointcloud import FLOAT32, UINT16, cloud_view
 from xkd_ros.segment_node import LatestFrameSlot, resolve_device, segment_with_oom_retry
@@ -94,7 +94,7 @@ def start_node(tmp: Path, name: str, checkpoint: Path, **overrides) -> tuple[Nod
     params = {"checkpoint": str(checkpoint), "device": "cpu", "cpu_threads": 1, "fuse_camera": True,
               "max_range": 100.0, "diagnostics_period": 0.5, **{f"topics.{k}": v for k, v in tp.items()}}
     params.update(overrides)
-    node = NodeProcess(write_params(tmp / f"{name}.yaml", params, name), tmp / f"{name}.log", name)
+    node = NodeProcess(write_overrides(tmp / f"{name}.yaml", params, name), tmp / f"{name}.log", name)
     harness = Harness(f"{name}_harness", tp)
     try:
         harness.wait_connected(node, with_camera=params.get("use_camera", True))

@@ -9,6 +9,17 @@ diagnostics timer; one worker thread runs inference on the newest frame only (a 
 waiting when a newer one arrives is dropped and counted), so a slow model never queues up latency
 and never blocks the middleware. Bad input of any kind is logged (throttled), counted and skipped.
 
+Diagnostics (`/diagnostics`, status `<node>: segmentation`): `latency_p50_ms` / `latency_p99_ms` /
+`latency_max_ms` (cloud callback entered -> labeled cloud published, last 1000 frames),
+`input_rate_hz` / `output_rate_hz` (last 5 s), `frames_in`, `frames_out`, `dropped` (replaced while
+waiting for the worker), `skipped` (total) and per reason `skipped.cloud_format.<reason>`,
+`skipped.out_of_memory`, `skipped.inference_error`; images and calibration refused per reason
+(`image_format.<reason>`, `camera_info.<reason>`), the synchronizer's `sync.<reason>` counters,
+`out_of_memory` (retried), `tf_fallback` and the pair logger's `pair_log.<counter>`.
+
+`xkd_ros.bag_eval.InProcessNode` drives this node synchronously through `_on_cloud`, `_on_image`,
+`_on_camera_info`, `slot`, `_process`, `_publish_diagnostics`, `cloud_pub` and `diag_pub`: keep them.
+
 Run: `segment_node --ros-args --params-file config/segment.yaml [-p name:=value] [-r from:=to]`.
 """
 
