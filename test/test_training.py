@@ -246,8 +246,8 @@ def test_ddp_two_cpu_processes_hold_identical_weights(scene_root: Path, tmp_path
     assert_same(r0["init"], r1["init"])
     assert_same(r0["final"], r1["final"])
     assert any(not torch.equal(r0["init"][k], r0["final"][k]) for k in r0["init"])
-    # different shards -> different local losses (gradients are averaged, weights stay equal)
-    assert r0["history"][0]["loss/total"] != r1["history"][0]["loss/total"]
+    # logged losses are the mean over both ranks' shards, the same record on every rank
+    assert r0["history"][0]["loss/total"] == r1["history"][0]["loss/total"]
     rec = r0["history"][0]
     assert rec["perf/scans_per_s"] == pytest.approx(2 * rec["perf/scans_per_s_per_process"])
     assert (tmp_path / "run" / "last.pt").is_file()

@@ -203,7 +203,7 @@ class Trainer:
             self._log_file.flush()
         if self._tb is not None:
             for key, value in rec.items():
-                if key != "step" and isinstance(value, (int, float)) and value is not None:
+                if key != "step" and isinstance(value, (int, float)):
                     self._tb.add_scalar(key, value, rec["step"])
 
     def state_dict(self) -> dict:
@@ -264,6 +264,16 @@ class Trainer:
         self.scheduler.step()
         return {k: v.detach() for k, v in losses.items() if torch.is_tensor(v)}, grad_norm
 
+    def _mean_over_ranks(self, sums: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Loss sums averaged over ranks (collective), so the log describes the global batch."""
+        keys = sorted(sums)
+        values = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32, device=self.device)
+                              for k in keys])
+        if self.info.distributed:
+            torch.distributed.all_reduce(values)
+            values /= self.info.world_size
+        return dict(zip(keys, values.tolist()))
+
     def fit(self, stop_at_step: int | None = None) -> TrainResult:
         """Train to `total_steps` (or stop early after step `stop_at_step`, e.g. for a time-sliced job)."""
         result = TrainResult(step=self.step, total_steps=self.total_steps, out_dir=self.out_dir)
@@ -292,9 +302,9 @@ class Trainer:
                     if self.step % self.cfg.log_every == 0 or self.step == end:
                         dt = time.perf_counter() - window_t0
                         rec = {"step": self.step, "epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
-                        for k, v in sums.items():
+                        for k, v in self._mean_over_ranks(sums).items():
                             key = k if k == "grad_norm" else f"loss/{k}"
-                            rec[key] = float(v) / window_steps
+                            rec[key] = v / window_steps
                         if not math.isfinite(rec["loss/total"]):
                             raise FloatingPointError(
                                 f"training loss is {rec['loss/total']} at step {self.step}"
