@@ -31,10 +31,10 @@ from xkd_core.config import ConfigError
 from xkd_core.data.frame import CameraView
 from xkd_core.data.pairlog import list_pair_files, read_pair_file
 from xkd_core.inference import Segmenter, SegmentResult
-from xkd_ros.image import image_to_rgb
+from xkd_ros.image import image_to_rgb, to_rclpy_camera_info, to_rclpy_image
 from xkd_ros.node_process import write_overrides
 from xkd_ros.node_stats import NodeStats
-from xkd_ros.pointcloud import FLOAT32, UINT16, cloud_view
+from xkd_ros.pointcloud import FLOAT32, UINT16, cloud_view, to_rclpy_cloud, xyzi_array
 from xkd_ros.segment_node import LatestFrameSlot, resolve_device, segment_with_oom_retry
 from xkd_ros.stamp import header_ns, rclpy_header
 
@@ -193,18 +193,37 @@ def test_bad_input_is_counted_and_next_frame_processed(camera_node, reference: S
     yuv = Image(header=rclpy_header(stamp + 2, "camera"), height=2, width=2, encoding="yuv422", step=4)
     yuv.data = bytes(8)
     h.image_pub.publish(yuv)
+    empty = to_rclpy_cloud(rclpy_header(stamp + 3, "velodyne"), xyzi_array(np.zeros((0, 4), np.float32)))
+    h.cloud_pub.publish(empty)
 
     points = synthetic_scan(30)
     good = next_stamp()
     msg = send_frame(h, node, good, points, None)
     assert_cloud_matches(msg, points, expected(reference, points, None), good)
-    assert h.output_for(stamp) is None and h.output_for(stamp + 1) is None
+    assert h.output_for(stamp) is None and h.output_for(stamp + 1) is None and h.output_for(stamp + 3) is None
+
+    # Calibration for another image size: the image cannot be used, the cloud is segmented without it.
+    wrong = next_stamp()
+    h.info_pub.publish(to_rclpy_camera_info(rclpy_header(wrong, "camera"), K, (2 * IMAGE_HW[0], IMAGE_HW[1])))
+    h.spin_for(0.5)
+    h.image_pub.publish(to_rclpy_image(rclpy_header(wrong, "camera"), synthetic_image(31)))
+    points = synthetic_scan(31)
+    msg = send_frame(h, node, wrong, points, None)
+    assert_cloud_matches(msg, points, expected(reference, points, None), wrong)
+    # Only NaN returns: still one labeled point each, all label 0.
+    nans = np.full((50, 4), np.nan, np.float32)
+    msg = send_frame(h, node, next_stamp(), nans, None)
+    assert msg.width == 50 and (cloud_view(msg).reshape(-1)["label"] == 0).all()
+
     t = time.monotonic()
     assert h.spin_until(lambda: h.latest_diagnostics(node.name, t) is not None, WAIT, node)
     diag = h.latest_diagnostics(node.name, t)
     assert int(diag["skipped.cloud_format.missing_field"]) == 1
     assert int(diag["skipped.cloud_format.bad_data_length"]) == 1
+    assert int(diag["skipped.cloud_format.empty"]) == 1
+    assert int(diag["skipped"]) == 3
     assert int(diag["image_format.unsupported_encoding"]) == 1
+    assert int(diag["camera_info.size_mismatch"]) == 1
     assert node.alive()
     assert "missing_field" in node.log() or "no 'z' field" in node.log()  # the skip was logged
 

@@ -79,10 +79,9 @@ _LOG_EVERY_S = 5.0  # throttle for repeated warnings about bad input
 
 @dataclass
 class CameraFrame:
-    """An image converted at arrival, with the intrinsics in force then."""
+    """An image converted at arrival (the calibration is taken when the frame is processed)."""
 
     rgb: np.ndarray  # (H, W, 3) uint8, as received (undistorted later, only if it is used)
-    model: CameraModel | None  # the latest CameraInfo at arrival, None when none was received yet
     frame_id: str
     stamp_ns: int
 
@@ -225,6 +224,7 @@ class SegmentNode(Node):
             self.create_subscription(Image, cfg.topics.image_in, self._on_image, in_qos)
             self.create_subscription(CameraInfo, cfg.topics.camera_info_in, self._on_camera_info, in_qos)
         self.create_subscription(PointCloud2, cfg.topics.cloud_in, self._on_cloud, in_qos)
+        self._reported: dict[str, int] = {}
         self.create_timer(cfg.diagnostics_period, self._publish_diagnostics)
 
         self.slot = LatestFrameSlot()
@@ -323,10 +323,8 @@ class SegmentNode(Node):
             self.get_logger().warning(f"skipping image on {self.cfg.topics.image_in}: {exc}",
                                       throttle_duration_sec=_LOG_EVERY_S)
             return
-        with self._camera_lock:
-            model = self._camera_model
         stamp = header_ns(msg.header)
-        camera = CameraFrame(rgb, model, msg.header.frame_id, stamp)
+        camera = CameraFrame(rgb, msg.header.frame_id, stamp)
         if self.image_cache is not None:
             self.image_cache.push(stamp, camera)  # the cache counts images it refuses
         elif self.synchronizer is not None:
@@ -386,10 +384,8 @@ class SegmentNode(Node):
         camera = frame.camera
         if camera is None:
             return None
-        model = camera.model
-        if model is None:
-            with self._camera_lock:
-                model = self._camera_model
+        with self._camera_lock:
+            model = self._camera_model  # the latest calibration: it comes on its own topic and rarely changes
         if model is None:
             self.stats.count("camera_info.none_received")
             self.get_logger().warning(f"no CameraInfo on {self.cfg.topics.camera_info_in} yet: "
@@ -453,12 +449,17 @@ class SegmentNode(Node):
         if self.pair_logger is not None:
             values.update({f"pair_log.{k}": str(v) for k, v in self.pair_logger.stats().items()})
 
+        # The level reflects the last period, not the whole run: one old drop must not stay a warning.
+        new_dropped = dropped - self._reported.get("dropped", 0)
+        new_skipped = sum(skipped.values()) - self._reported.get("skipped", 0)
+        self._reported = {"dropped": dropped, "skipped": sum(skipped.values())}
         level, message = DiagnosticStatus.OK, "ok"
         if snap.seconds_since_input > max(3 * self.cfg.diagnostics_period, 1.0):
             level, message = DiagnosticStatus.WARN, f"no cloud on {self.cfg.topics.cloud_in}"
-        elif skipped or dropped:
+        elif new_dropped or new_skipped:
             level = DiagnosticStatus.WARN
-            message = f"{dropped} dropped, {sum(skipped.values())} skipped since start"
+            message = f"{new_dropped} frames dropped (inference slower than input), {new_skipped} skipped " \
+                      f"(bad input or inference failure) since the last report"
         status = DiagnosticStatus(
             level=level, name=f"{self.get_fully_qualified_name()}: segmentation", message=message,
             hardware_id=self.device, values=[KeyValue(key=k, value=v) for k, v in values.items()],
