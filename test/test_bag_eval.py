@@ -216,11 +216,13 @@ def test_live_replay_scores_what_the_node_publishes(bag: Path, checkpoint: Path,
     out, labeled = tmp_path / "live", tmp_path / "labeled_live"
     rc = main(["--bag", str(bag), "--out", str(out), "--checkpoint", str(checkpoint), "--live",
                "--rate-scale", "0.5", "--write-bag", str(labeled), "--param", "device:=cpu",
-               "--param", "cpu_threads:=1", "--startup-timeout", "240", "--no-progress"])
+               "--param", "cpu_threads:=1", "--param", "qos.input.reliability:=reliable",
+               "--startup-timeout", "240", "--no-progress"])
     report = json.loads((out / "report.json").read_text())
     assert rc == 0, (out / "node.log").read_text()
     assert report["mode"] == "live"
     assert report["player"]["scans_published"] == N_SCANS
+    assert report["player"]["scans_received_by_node"] == N_SCANS  # reliable input: no transport loss
     f = report["frames"]
     assert f["scored"] >= 1 and f["scored"] + f["dropped"] == N_SCANS and f["mismatched"] == 0
     diag = report["node_diagnostics"]

@@ -94,6 +94,7 @@ class BagEvalOptions:
     output_topic: str = DEFAULT_OUTPUT_TOPIC
     startup_timeout: float = 300.0  # s for the live node to load its model and subscribe
     drain_timeout: float = 15.0  # s to wait for the last outputs once the bag is played
+    camera_lead_ms: float = 20.0  # live: camera messages are played this much ahead of the scans
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -101,6 +102,8 @@ class BagEvalOptions:
             raise ConfigError(f"--rate-scale must be > 0, got {self.rate_scale}")
         if not self.startup_timeout > 0 or not self.drain_timeout > 0:
             raise ConfigError("--startup-timeout and --drain-timeout must be > 0 s")
+        if not self.camera_lead_ms >= 0:
+            raise ConfigError(f"--camera-lead-ms must be >= 0, got {self.camera_lead_ms}")
 
 
 @dataclass
@@ -350,7 +353,7 @@ def run_live(opts: BagEvalOptions, setup: BagSetup, params_files: list[Path], sc
     published: dict[int, float] = {}
     collector = OutputCollector(node, opts.output_topic, NODE_NAME)
     player = BagPlayer(node, opts.bag, setup.topics, SCAN_TOPIC, opts.rate_scale, skip=[GT_TOPIC],
-                       on_cloud=published.__setitem__)
+                       on_cloud=published.__setitem__, camera_lead_s=opts.camera_lead_ms * 1e-3)
     failure: list[BaseException] = []
 
     def outputs() -> Iterator[NodeOutput]:
@@ -429,12 +432,21 @@ def run_live(opts: BagEvalOptions, setup: BagSetup, params_files: list[Path], sc
         "player": {
             "messages_published": player.published,
             "scans_published": player.clouds_published,
+            "scans_received_by_node": _int_or_none((diagnostics or {}).get("frames_in")),
+            "camera_lead_ms": opts.camera_lead_ms,
             "max_lag_ms": round(1e3 * player.max_lag_s, 3),
             "not_played": player.not_played,
         },
         "node": {"startup_s": round(startup_s, 3), "exit_code": exit_code, "log": "node.log",
                  "command": " ".join(proc.command) if proc is not None else None},
     }
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return None if text is None else int(text)
+    except ValueError:
+        return None
 
 
 def _diagnostics_period(params_files: list[Path]) -> float:
@@ -518,9 +530,14 @@ def summary_lines(report: dict[str, Any], out_dir: str | Path) -> list[str]:
         return "n/a" if v is None else f"{v:.1f} ms"
 
     f, lat = report["frames"], report["latency_ms"]
+    player = report.get("player") or {}
+    received, sent = player.get("scans_received_by_node"), player.get("scans_published")
+    lost = ""
+    if received is not None and sent is not None and received < sent:
+        lost = f" ({sent - received} of them never reached the node)"
     return [
         f"mode {report['mode']}: {f['scored']}/{f['with_ground_truth']} scans scored, {f['dropped']} dropped"
-        + (f", {f['mismatched']} mismatched" if f["mismatched"] else ""),
+        + lost + (f", {f['mismatched']} mismatched" if f["mismatched"] else ""),
         f"mIoU full scan {pct(report['miou']['full'])}, camera frustum {pct(report['miou']['frustum'])}",
         f"latency p50 {ms(lat['p50'])}, p90 {ms(lat['p90'])}, p99 {ms(lat['p99'])}",
         f"report and pictures in {Path(out_dir).resolve()}"
@@ -550,6 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--startup-timeout", type=float, default=300.0, help="live: seconds for the node to start")
     p.add_argument("--drain-timeout", type=float, default=15.0,
                    help="live: seconds to wait for the last outputs once the bag is played")
+    p.add_argument("--camera-lead-ms", type=float, default=20.0,
+                   help="live: play camera messages this much ahead of the scan they are stamped with")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 

@@ -8,9 +8,14 @@ segmented without it.
 
 `BagPlayer` publishes those bytes unchanged (`Publisher.publish(bytes)`, no deserialization) on
 publishers created up front, from a thread, at the recorded rate times `rate_scale`, and remembers
-when each scan went out. `OutputCollector` subscribes raw to the labeled cloud (and to
-`/diagnostics`) and queues every message with the time it arrived, so the scoring thread can pair
-it with its scan and measure receive minus publish time on one monotonic clock.
+when each scan went out. Camera messages go out `camera_lead_s` ahead of everything else (the whole
+non-camera stream is shifted, so scan-to-scan timing is untouched): a large image and a large cloud
+sent back to back over DDS may otherwise complete in either order, and a camera usually delivers
+its frame before the LiDAR finishes the sweep it belongs to.
+
+`OutputCollector` subscribes raw to the labeled cloud (and to `/diagnostics`) and queues every
+message with the time it arrived, so the scoring thread can pair it with its scan and measure
+receive minus publish time on one monotonic clock.
 """
 
 from __future__ import annotations
@@ -126,11 +131,14 @@ class BagPlayer:
 
     def __init__(self, node: Any, bag: str | Path, topics: BagTopics, cloud_topic: str,
                  rate_scale: float = 1.0, skip: Iterable[str] = (),
-                 on_cloud: Callable[[int, float], None] | None = None) -> None:
+                 on_cloud: Callable[[int, float], None] | None = None, camera_lead_s: float = 0.02) -> None:
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
         if not rate_scale > 0:
             raise ValueError(f"--rate-scale must be > 0, got {rate_scale}")
+        if not camera_lead_s >= 0:
+            raise ValueError(f"camera lead must be >= 0 s, got {camera_lead_s}")
+        self.camera_lead_s = float(camera_lead_s)
         self.bag = Path(bag)
         self.rate_scale = float(rate_scale)
         self.cloud_topic = cloud_topic
@@ -187,6 +195,8 @@ class BagPlayer:
                 if t_start is None:
                     t_start, log0 = time.monotonic(), msg.log_ns
                 target = t_start + (msg.log_ns - log0) * 1e-9 / self.rate_scale
+                if msg.msgtype not in _TIE_ORDER:  # not a camera message
+                    target += self.camera_lead_s
                 delay = target - time.monotonic()
                 if delay > 0 and self._stop.wait(delay):
                     break
