@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import threading
 import time
@@ -215,17 +216,21 @@ class InProcessNode:
 
         self.context = rclpy.Context()
         rclpy.init(args=["xkd-bag-eval"], context=self.context)  # never sys.argv: no stray ROS args
+        node = None
         try:
-            self.node = SegmentNode(context=self.context, cli_args=ros_args(params_files))
+            node = SegmentNode(context=self.context, cli_args=ros_args(params_files))
+            for name in ("_on_cloud", "_on_image", "_on_camera_info", "_process", "_publish_diagnostics",
+                         "slot", "cloud_pub", "diag_pub", "cfg", "close"):
+                if not hasattr(node, name):  # the node changed under this driver: fail loudly
+                    raise RuntimeError(f"SegmentNode has no {name!r}: update xkd_ros.bag_eval.InProcessNode")
+            node.close()  # stop the worker: frames are processed synchronously by `feed`
         except BaseException:
+            if node is not None:
+                node.close()
+                node.destroy_node()
             self.context.try_shutdown()
             raise
-        node = self.node
-        for name in ("_on_cloud", "_on_image", "_on_camera_info", "_process", "_publish_diagnostics", "slot",
-                     "cloud_pub", "diag_pub", "cfg", "close"):
-            if not hasattr(node, name):  # the node changed under this driver: fail loudly, not silently
-                raise RuntimeError(f"SegmentNode has no {name!r}: update xkd_ros.bag_eval.InProcessNode")
-        node.close()  # stop the worker: frames are processed synchronously by `feed`
+        self.node = node
         self.outputs: list[NodeOutput] = []
         self.diagnostics: dict[str, str] | None = None
         self._received: dict[int, float] = {}
@@ -361,7 +366,11 @@ def run_live(opts: BagEvalOptions, setup: BagSetup, params_files: list[Path], sc
             item = collector.clouds.get()
             if item is _END:
                 return
-            stamp = cloud_stamp_ns(item.data)
+            try:
+                stamp = cloud_stamp_ns(item.data)
+            except Exception:  # noqa: BLE001 - a message without a readable header cannot be paired
+                scorer.counts["undecodable_outputs"] += 1
+                continue
             t_pub = published.get(stamp)
             yield NodeOutput(stamp, item.data, float("nan") if t_pub is None else item.t - t_pub)
 
@@ -399,11 +408,12 @@ def run_live(opts: BagEvalOptions, setup: BagSetup, params_files: list[Path], sc
         bar.update(player.clouds_published - shown)
         if player.error is not None:
             raise RuntimeError(f"bag player failed: {player.error}") from player.error
-        # drain: the last frames may still be in the node
+        # drain: the last frame or two may still be in the node. A node that skipped frames never
+        # catches up with the count, so stop once it has been quiet for 3x the slowest frame so far.
         t_done = time.monotonic()
         while collector.received < player.clouds_published and proc.alive():
-            last = max(t_done, collector.last_t or 0.0)
-            if time.monotonic() - last > opts.drain_timeout:
+            quiet = min(opts.drain_timeout, max(1.0, 3.0 * max(scorer.latencies_s, default=0.0)))
+            if time.monotonic() - max(t_done, collector.last_t or 0.0) > quiet:
                 break
             time.sleep(0.05)
         t_mark = time.monotonic()  # one more diagnostics report, covering every frame
@@ -485,9 +495,13 @@ def evaluate(opts: BagEvalOptions) -> dict[str, Any]:
     try:
         run = run_live if opts.live else run_offline
         mode_fields = run(opts, setup, params_files, scorer, writer)
-    finally:
-        if writer is not None:
+    except BaseException:
+        if writer is not None:  # no half-written bag left behind
             writer.close()
+            shutil.rmtree(writer.path, ignore_errors=True)
+        raise
+    if writer is not None:
+        writer.close()
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
         "mode": "live" if opts.live else "offline",

@@ -25,7 +25,7 @@ from xkd_core.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from xkd_core.evaluation.metrics import ConfusionMatrix
 from xkd_core.geometry.projection import ViewGeometry, project, visible
 from xkd_ros.bag_io import POINTCLOUD2, TYPESTORE, BagFrame
-from xkd_ros.pointcloud import CloudFormatError, cloud_field, cloud_to_xyzi
+from xkd_ros.pointcloud import cloud_field, cloud_to_xyzi
 
 #: Version of the `report.json` layout written by `ReplayScorer.report` (docs/bag_eval.md).
 REPORT_SCHEMA = "xkd.bag_eval/1"
@@ -161,7 +161,7 @@ class ReplayScorer:
             return
         try:
             _, xyzi, pred = decode_output(output.data)
-        except (CloudFormatError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - any undecodable message is one refused scan
             self._mismatch(frame, f"undecodable output: {exc}")
             return
         if not _same_points(xyzi[:, :3], frame.points[:, :3]):
@@ -216,6 +216,7 @@ class ReplayScorer:
                 "mismatched": c["mismatched"],
                 "without_ground_truth": c["without_ground_truth"],
                 "unexpected_outputs": c["unexpected_outputs"],
+                "undecodable_outputs": c["undecodable_outputs"],
                 "drop_rate": None if with_gt == 0 else round(c["dropped"] / with_gt, 5),
             },
             "miou": {"full": full["miou"], "frustum": None if frustum is None else frustum["miou"]},
