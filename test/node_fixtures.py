@@ -82,13 +82,16 @@ class NodeProcess:
     starts the installed console script itself, so the tests cover the entry point users run.
     """
 
-    def __init__(self, params_file: Path, log_path: Path, node_name: str = "segment_node") -> None:
+    def __init__(self, params_file: Path, log_path: Path, node_name: str = "segment_node",
+                 remaps: dict[str, str] | None = None) -> None:
         self.log_path = log_path
         self.name = node_name
         self._log = open(log_path, "wb")  # closed in stop()
         args = [SEGMENT_NODE, "--ros-args", "--params-file", str(params_file)]
         if node_name != "segment_node":
             args += ["-r", f"__node:={node_name}"]
+        for src, dst in (remaps or {}).items():
+            args += ["-r", f"{src}:={dst}"]
         self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=dict(os.environ))
 
     def alive(self) -> bool:

@@ -89,13 +89,16 @@ def prime(h: Harness, node: NodeProcess, with_camera: bool) -> dict[int, np.ndar
     raise AssertionError(f"segment_node never answered a frame; log:\n{node.log()}")
 
 
-def start_node(tmp: Path, name: str, checkpoint: Path, **overrides) -> tuple[NodeProcess, Harness]:
+def start_node(tmp: Path, name: str, checkpoint: Path, remaps: dict[str, str] | None = None,
+               **overrides) -> tuple[NodeProcess, Harness]:
+    """The node with per-node topics; `remaps` (`-r from:=to`) also apply to the harness's topics."""
     tp = topics(name)
     params = {"checkpoint": str(checkpoint), "device": "cpu", "cpu_threads": 1, "fuse_camera": True,
               "max_range": 100.0, "diagnostics_period": 0.5, **{f"topics.{k}": v for k, v in tp.items()}}
     params.update(overrides)
-    node = NodeProcess(write_overrides(tmp / f"{name}.yaml", params, name), tmp / f"{name}.log", name)
-    harness = Harness(f"{name}_harness", tp)
+    node = NodeProcess(write_overrides(tmp / f"{name}.yaml", params, name), tmp / f"{name}.log", name,
+                       remaps)
+    harness = Harness(f"{name}_harness", {k: (remaps or {}).get(v, v) for k, v in tp.items()})
     try:
         harness.wait_connected(node, with_camera=params.get("use_camera", True))
         harness.primed = prime(harness, node, with_camera=params.get("use_camera", True))
@@ -248,6 +251,20 @@ def test_diagnostics_report_latency_rates_and_counters(camera_node) -> None:
     assert float(diag["input_rate_hz"]) > 0 and float(diag["output_rate_hz"]) > 0
     assert diag["device"] == "cpu"
 
+    # A burst faster than inference: every cloud is either segmented or dropped (counted), and the
+    # newest one is always segmented. (5 = the node's input history depth: DDS keeps them all.)
+    burst = [next_stamp() for _ in range(5)]
+    for i, stamp in enumerate(burst):
+        h.publish_cloud(stamp, synthetic_scan(45 + i))
+    assert h.spin_until(lambda: h.output_for(burst[-1]) is not None, WAIT, node)
+    t2 = time.monotonic()
+    assert h.spin_until(lambda: h.latest_diagnostics(node.name, t2) is not None, WAIT, node)
+    after = h.latest_diagnostics(node.name, t2)
+    outputs = sum(h.output_for(s) is not None for s in burst)
+    assert int(after["frames_in"]) - int(diag["frames_in"]) == 5
+    assert int(after["frames_out"]) - int(diag["frames_out"]) == outputs
+    assert int(after["dropped"]) - int(diag["dropped"]) == 5 - outputs
+
 
 def test_max_range_changes_at_run_time(camera_node, checkpoint: Path) -> None:
     from rcl_interfaces.msg import Parameter as ParameterMsg
@@ -282,9 +299,11 @@ def test_max_range_changes_at_run_time(camera_node, checkpoint: Path) -> None:
     assert set_double("max_range", 100.0).successful
 
 
-def test_lidar_only_mode(tmp_path: Path, checkpoint: Path, reference: Segmenter) -> None:
-    node, h = start_node(tmp_path, "xkd_lidar", checkpoint, use_camera=False)
+def test_lidar_only_mode_with_remapped_topics(tmp_path: Path, checkpoint: Path, reference: Segmenter) -> None:
+    remaps = {"/xkd_lidar/cloud_in": "/remapped/points", "/xkd_lidar/cloud_out": "/remapped/labeled"}
+    node, h = start_node(tmp_path, "xkd_lidar", checkpoint, remaps=remaps, use_camera=False)
     try:
+        assert h.topics["cloud_in"] == "/remapped/points"  # and the node answered there (start_node)
         assert h.image_pub.get_subscription_count() == 0  # the node does not even subscribe
         assert h.node.count_publishers(h.topics["overlay_out"]) == 0
         t = time.monotonic()
