@@ -346,7 +346,11 @@ def test_approximate_sync_and_sigterm_flushes_pair_log(tmp_path: Path, checkpoin
     assert node.stop() == 0, node.log()
     samples = {s.stamp_ns: s for s in map(read_pair_file, list_pair_files(log_dir))}
     assert not list(log_dir.glob("*.tmp"))
-    assert set(samples) == set(sent) | set(h.primed)  # every frame with an image (pair_log_every_n: 1)
+    # Every frame segmented with its image is logged (pair_log_every_n: 1): the frames sent here and
+    # the priming frame that came back with its overlay; earlier priming attempts may or may not have
+    # reached the node.
+    answered = max(h.primed)
+    assert set(sent) | {answered} <= set(samples) <= set(sent) | set(h.primed)
     for stamp, (points, labels) in sent.items():
         sample = samples[stamp]
         np.testing.assert_array_equal(sample.points, points)
