@@ -54,3 +54,6 @@ def test_demo_refuses_bad_arguments(tmp_path: Path, capsys) -> None:
     assert main(["--out", str(tmp_path), "--scans", "1"]) == 2
     assert "--scans" in capsys.readouterr().err
     assert main(["--out", str(tmp_path), "--timeout", "0"]) == 2
+    assert main(["--out", str(tmp_path / "d"), "--checkpoint", str(tmp_path / "missing.pt")]) == 2
+    assert "missing.pt" in capsys.readouterr().err
+    assert not (tmp_path / "d" / "data").exists()  # refused before generating anything

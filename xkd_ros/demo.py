@@ -36,6 +36,7 @@ from xkd_core.synth import SynthConfig, generate
 from xkd_core.synth.config import LidarConfig
 from xkd_ros.bag_eval import BagEvalOptions, evaluate, summary_lines
 from xkd_ros.kitti2bag import convert_sequence
+from xkd_ros.segment_params import resolve_checkpoint
 
 DEMO_SEQUENCE = "08"
 DEMO_SEED = 0
@@ -90,6 +91,7 @@ def run_demo(out: str | Path, scans: int = 40, checkpoint: str = "", rate_scale:
     """Steps 1-3 of the module docstring; returns the evaluation report (with a `demo` section added)."""
     if scans < 2:
         raise ConfigError(f"--scans must be >= 2, got {scans}")
+    resolve_checkpoint(checkpoint)  # a missing model stops the demo before any work, naming the file
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in _SUBDIRS:  # a rerun replaces the previous demo's outputs, and only those
