@@ -115,7 +115,9 @@ def read_calib(path: str | Path) -> Calib:
         except ValueError as exc:
             raise DataFormatError(f"corrupt calibration {path}:{lineno}: {exc}") from exc
         if values.size != 12:
-            raise DataFormatError(f"corrupt calibration {path}:{lineno}: {key} needs 12 values, got {values.size}")
+            raise DataFormatError(
+                f"corrupt calibration {path}:{lineno}: {key} needs 12 values, got {values.size}"
+            )
         key = key.strip()
         if key.startswith("P") and key[1:].isdigit():
             calib.P[int(key[1:])] = values.reshape(3, 4)
