@@ -31,7 +31,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import cv2
+
 from xkd_core.config import ConfigError
+from xkd_core.data.dataset import SemanticKittiDataset
+from xkd_core.overlay import draw_label_overlay
 from xkd_core.synth import SynthConfig, generate
 from xkd_core.synth.config import LidarConfig
 from xkd_ros.bag_eval import BagEvalOptions, evaluate, summary_lines
@@ -104,6 +108,7 @@ def run_demo(out: str | Path, scans: int = 40, checkpoint: str = "", rate_scale:
     t = time.monotonic()
     generate(out / "data", [DEMO_SEQUENCE], scans, DEMO_SEED, demo_synth_config(), progress=progress)
     timings["synth_s"] = time.monotonic() - t
+    _write_camera_picture(out / "data", out / "camera_labels.png")
 
     t = time.monotonic()
     conversion = convert_sequence(out / "data", DEMO_SEQUENCE, out / "drive", storage="mcap",
@@ -126,6 +131,14 @@ def run_demo(out: str | Path, scans: int = 40, checkpoint: str = "", rate_scale:
     return report
 
 
+def _write_camera_picture(data: Path, path: Path) -> None:
+    """First scan's ground-truth labels projected into its camera image, to check calibration by eye."""
+    frame = SemanticKittiDataset(data, split=None, sequences=[DEMO_SEQUENCE], cameras=(2,))[0]
+    view = frame.views[0]
+    picture = draw_label_overlay(view.image, frame.points[:, :3], frame.labels, view.K, view.T, radius=1)
+    cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+
+
 def print_summary(report: dict[str, Any], out: str | Path) -> None:
     """The short summary `make demo` ends with."""
     demo = report["demo"]
@@ -136,6 +149,7 @@ def print_summary(report: dict[str, Any], out: str | Path) -> None:
           f"({Path(report['checkpoint']).name}; {demo['input_qos']} input QoS; {demo['ros']})")
     for line in summary_lines(report, Path(out) / "eval"):
         print("  " + line)
+    print(f"  camera picture (ground truth projected) {Path(out, 'camera_labels.png').resolve()}")
     print(f"  input bag {Path(out, 'drive').resolve()}; synthetic data {Path(out, 'data').resolve()}")
     print(f"  time: synth {demo['synth_s']:.1f} s, kitti2bag {demo['kitti2bag_s']:.1f} s, "
           f"replay + scoring {demo['replay_s']:.1f} s")
