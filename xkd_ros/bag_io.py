@@ -157,6 +157,18 @@ def _custom_data(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in custom.items()}
 
 
+
+def open_bag(path: Path) -> Reader:
+    """An opened rosbags Reader, or a BagFormatError naming the bag (missing or unreadable)."""
+    if not path.exists():
+        raise BagFormatError(f"bag not found: {path}")
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception as exc:  # rosbags raises several types for unreadable bags
+        raise BagFormatError(f"cannot open bag {path}: {exc}") from exc
+    return reader
+
 def read_bag_frames(
     path: str | Path,
     cameras: Sequence[int] | None = None,
@@ -171,13 +183,7 @@ def read_bag_frames(
     Decoding reuses `cloud_to_xyzi`, `cloud_field` and `camera_view_from_msgs`, the node's own glue.
     """
     path = Path(path)
-    if not path.exists():
-        raise BagFormatError(f"bag not found: {path}")
-    try:
-        reader = Reader(path)
-        reader.open()
-    except Exception as exc:  # rosbags raises several types for unreadable bags
-        raise BagFormatError(f"cannot open bag {path}: {exc}") from exc
+    reader = open_bag(path)
     try:
         yield from _frames(reader, path, cameras, cloud_topic, gt_topic)
     finally:

@@ -29,9 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rosbags.rosbag2 import Reader
-
-from xkd_ros.bag_io import CAMERA_INFO, IMAGE, POINTCLOUD2, TYPESTORE, BagFormatError
+from xkd_ros.bag_io import CAMERA_INFO, IMAGE, POINTCLOUD2, TYPESTORE, BagFormatError, open_bag
 from xkd_ros.stamp import header_ns
 
 #: Play order of messages with equal log times (lower first; unlisted types last).
@@ -57,22 +55,11 @@ class BagTopics:
     latched: set[str] = field(default_factory=set)  # offered with transient-local durability
 
 
-def _open(path: Path) -> Reader:
-    if not path.exists():
-        raise BagFormatError(f"bag not found: {path}")
-    try:
-        reader = Reader(path)
-        reader.open()
-    except Exception as exc:  # rosbags raises several types for unreadable bags
-        raise BagFormatError(f"cannot open bag {path}: {exc}") from exc
-    return reader
-
-
 def bag_topics(path: str | Path) -> BagTopics:
     """The topics of a bag (mcap or sqlite3) and their types."""
     from rosbags.interfaces import QosDurability
 
-    reader = _open(Path(path))
+    reader = open_bag(Path(path))
     try:
         types, counts, latched = {}, {}, set()
         for c in reader.connections:
@@ -89,7 +76,7 @@ def bag_topics(path: str | Path) -> BagTopics:
 def bag_messages(path: str | Path, topics: Iterable[str] | None = None) -> Iterator[BagMessage]:
     """The bag's messages (of `topics`, default all) in log-time order, ties in play order (see above)."""
     path = Path(path)
-    reader = _open(path)
+    reader = open_bag(path)
     try:
         wanted = None if topics is None else set(topics)
         conns = [c for c in reader.connections if wanted is None or c.topic in wanted]
