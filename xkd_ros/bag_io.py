@@ -157,7 +157,6 @@ def _custom_data(path: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in custom.items()}
 
 
-
 def open_bag(path: Path) -> Reader:
     """An opened rosbags Reader, or a BagFormatError naming the bag (missing or unreadable)."""
     if not path.exists():
@@ -168,6 +167,7 @@ def open_bag(path: Path) -> Reader:
     except Exception as exc:  # rosbags raises several types for unreadable bags
         raise BagFormatError(f"cannot open bag {path}: {exc}") from exc
     return reader
+
 
 def read_bag_frames(
     path: str | Path,
