@@ -317,20 +317,9 @@ def to_rclpy_cloud(header: Any, points: np.ndarray, is_dense: bool = False) -> A
     from sensor_msgs.msg import PointCloud2, PointField
 
     points = _check_array(points)
-    step = points.dtype.itemsize
-    field_tuples = dtype_to_fields(points.dtype)
     data = array.array("B")
     data.frombytes(memoryview(points).cast("B"))
-    msg = PointCloud2(
-        header=header,
-        height=1,
-        width=points.shape[0],
-        fields=[PointField(name=n, offset=o, datatype=d, count=c) for n, o, d, c in field_tuples],
-        is_bigendian=_is_bigendian(points.dtype),
-        point_step=step,
-        row_step=step * points.shape[0],
-        is_dense=bool(is_dense),
-    )
+    msg = PointCloud2(header=header, is_dense=bool(is_dense), **_cloud_layout(points, PointField))
     msg.data = data
     return msg
 
@@ -343,19 +332,22 @@ def to_rosbags_cloud(header: Any, points: np.ndarray, typestore: Any, is_dense: 
     PointCloud2 = typestore.types["sensor_msgs/msg/PointCloud2"]
     PointField = typestore.types["sensor_msgs/msg/PointField"]
     points = _check_array(points)
+    return PointCloud2(header=header, data=points.view(np.uint8).reshape(-1), is_dense=bool(is_dense),
+                       **_cloud_layout(points, PointField))
+
+
+def _cloud_layout(points: np.ndarray, point_field: Any) -> dict[str, Any]:
+    """The layout fields of an unorganised PointCloud2 holding `points`, for either message flavour."""
     step = points.dtype.itemsize
-    field_tuples = dtype_to_fields(points.dtype)
-    return PointCloud2(
-        header=header,
-        height=1,
-        width=points.shape[0],
-        fields=[PointField(name=n, offset=o, datatype=d, count=c) for n, o, d, c in field_tuples],
-        is_bigendian=_is_bigendian(points.dtype),
-        point_step=step,
-        row_step=step * points.shape[0],
-        data=points.view(np.uint8).reshape(-1),
-        is_dense=bool(is_dense),
-    )
+    return {
+        "height": 1,
+        "width": points.shape[0],
+        "fields": [point_field(name=n, offset=o, datatype=d, count=c)
+                   for n, o, d, c in dtype_to_fields(points.dtype)],
+        "is_bigendian": _is_bigendian(points.dtype),
+        "point_step": step,
+        "row_step": step * points.shape[0],
+    }
 
 
 def xyzi_array(xyzi: np.ndarray) -> np.ndarray:
