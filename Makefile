@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/xkd-demo --out $(DEMO_OUT)
 
 test: $(STAMP)
-	$(BIN)/ruff check xkd_core xkd_ros test bench launch setup.py
+	$(BIN)/ruff check xkd_core xkd_ros test bench experiments launch setup.py
 	$(BIN)/python -m pytest -q test
 
 bench: $(STAMP)
