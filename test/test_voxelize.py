@@ -114,3 +114,32 @@ def test_scatter_mean_matches_numpy_and_has_the_right_gradient():
     assert np.allclose(values.grad.numpy(), (1.0 / counts[index.numpy()])[:, None].repeat(3, 1))
     with pytest.raises(ValueError, match="index must be"):
         scatter_mean(values, index[:-1], 9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_one_sample_path_matches_the_batched_path_and_leaves_the_input_alone(dtype):
+    # batch_size=1 takes a shortcut (one min/max pass, no per-point gather): same voxels as the
+    # general path, which a second, empty sample forces
+    xyz, batch = _cloud(4, n=2000, batch_size=1)
+    xyz = xyz.to(dtype)
+    before = xyz.clone()
+    one = voxelize(xyz, batch, 0.3, batch_size=1)
+    two = voxelize(xyz, batch, 0.3, batch_size=2)
+    assert torch.equal(xyz, before)  # float64 input: no in-place arithmetic on the caller's tensor
+    for name in ("coords", "point2voxel", "voxel2point", "counts"):
+        assert torch.equal(getattr(one, name), getattr(two, name)), name
+    assert torch.equal(one.origin[0], two.origin[0]) and one.origin.dtype == dtype
+    assert one.spatial_shape == two.spatial_shape == (one.coords[:, 1:].max(0).values + 1).tolist()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_one_sample_path_refuses_non_finite_and_foreign_batch_ids(bad):
+    xyz, batch = _cloud(5, n=50, batch_size=1)
+    dirty = xyz.clone()
+    dirty[7, 2] = bad
+    with pytest.raises(ValueError, match="non-finite"):
+        voxelize(dirty, batch, 0.5, batch_size=1)
+    with pytest.raises(ValueError, match=r"batch ids must lie in \[0, 1\), got \[0, 1\]"):
+        voxelize(xyz, batch.clone().index_fill_(0, torch.tensor([3]), 1), 0.5, batch_size=1)
+    empty = voxelize(xyz[:0], batch[:0], 0.5, batch_size=1)
+    assert empty.num_voxels == 0 and empty.origin.shape == (1, 3) and empty.spatial_shape == [1, 1, 1]

@@ -63,38 +63,71 @@ def voxelize(xyz: Tensor, batch: Tensor, voxel_size: float, batch_size: int | No
     n = xyz.shape[0]
     device = xyz.device
     batch = batch.to(device=device, dtype=torch.int64)
-    if batch_size is None:
-        batch_size = int(batch.max()) + 1 if n else 0
-    if n and (int(batch.min()) < 0 or int(batch.max()) >= batch_size):
-        raise ValueError(f"voxelize: batch ids must lie in [0, {batch_size}), got "
-                         f"[{int(batch.min())}, {int(batch.max())}]")
-    if n and not bool(torch.isfinite(xyz).all()):
-        raise ValueError("voxelize: xyz holds non-finite values; drop them before voxelizing")
-
-    # per-sample minimum corner: voxel indices start at 0 for every sample
-    origin = torch.full((batch_size, 3), float("inf"), dtype=xyz.dtype, device=device)
-    origin = origin.scatter_reduce(0, batch[:, None].expand(-1, 3), xyz, reduce="amin", include_self=True)
-    origin = torch.where(torch.isfinite(origin), origin, torch.zeros_like(origin))
-    # floor of float64 division keeps points exactly on a voxel face in the upper voxel
-    q = torch.floor((xyz.double() - origin[batch].double()) / voxel_size).long()
-    q = q.clamp_min(0)  # rounding can only push the minimum point itself below 0
-    if n:
-        shape = (q.max(dim=0).values + 1).tolist()
+    if n == 0:
+        batch_size = batch_size or 0
+        none = torch.zeros(0, dtype=torch.int64, device=device)
+        return Voxels(torch.zeros((0, 4), dtype=torch.int32, device=device), none, none, none,
+                      xyz.new_zeros((batch_size, 3)), [1, 1, 1], int(batch_size), float(voxel_size))
+    # Host syncs stall a GPU pipeline, so the checks read their values together: one sync for the
+    # batch ids (before anything is scattered by them), one for the grid shape and finiteness.
+    if batch_size != 1:
+        ids = torch.stack(torch.aminmax(batch)).tolist()
+        if batch_size is None:
+            batch_size = int(ids[1]) + 1
+        _check_batch_ids(ids, batch_size)
+    if batch_size == 1:
+        # One sample (inference): the corner and the grid extent come from one min/max pass, which
+        # is also the finiteness check (min/max propagate NaN), and no per-point gather is needed.
+        lo, hi = torch.aminmax(xyz, dim=0)
+        origin = lo[None]
+        q = _voxel_index(xyz, origin, voxel_size)
+        extent = _voxel_index(hi[None], origin, voxel_size)[0] + 1  # floor is monotonic: max q
+        finite = torch.isfinite(lo).all() & torch.isfinite(hi).all()
+        ids = torch.stack(torch.aminmax(batch))
+        *shape, b_lo, b_hi, ok = torch.cat([extent, ids, finite.view(1)]).tolist()
+        _check_batch_ids([b_lo, b_hi], 1)
     else:
-        shape = [1, 1, 1]
+        origin = torch.full((batch_size, 3), float("inf"), dtype=xyz.dtype, device=device)
+        origin = origin.scatter_reduce(0, batch[:, None].expand(-1, 3), xyz, reduce="amin", include_self=True)
+        origin = torch.where(torch.isfinite(origin), origin, torch.zeros_like(origin))
+        q = _voxel_index(xyz, origin[batch], voxel_size)
+        *shape, ok = torch.cat([q.max(dim=0).values + 1, torch.isfinite(xyz).all().view(1)]).tolist()
+    if not ok:
+        raise ValueError("voxelize: xyz holds non-finite values; drop them before voxelizing")
     X, Y, Z = (int(s) for s in shape)
-    if max(batch_size, 1) * X * Y * Z >= _MAX_KEY or max(X, Y, Z) >= 2**31:
+    grid = max(batch_size, 1) * X * Y * Z
+    if grid >= _MAX_KEY or max(X, Y, Z) >= 2**31:
         raise ValueError(f"voxelize: grid {X}x{Y}x{Z} at voxel_size={voxel_size} is too large; "
                          "filter far points or use a larger voxel_size")
-    key = ((batch * X + q[:, 0]) * Y + q[:, 1]) * Z + q[:, 2]
-    uniq, point2voxel, counts = torch.unique(key, sorted=True, return_inverse=True, return_counts=True)
-    v = uniq.shape[0]
+    # key = ((batch * X + x) * Y + y) * Z + z, built in place; int32 when it fits (sorts ~2x faster)
+    key = q[:, 0] * (Y * Z)
+    key.add_(q[:, 1], alpha=Z).add_(q[:, 2])
+    if batch_size > 1:
+        key.add_(batch, alpha=X * Y * Z)
+    if grid < 2**31:
+        key = key.to(torch.int32)
+    _, point2voxel, counts = torch.unique(key, sorted=True, return_inverse=True, return_counts=True)
+    v = counts.shape[0]
     first = torch.full((v,), n, dtype=torch.int64, device=device)
     first = first.scatter_reduce(0, point2voxel, torch.arange(n, device=device), reduce="amin")
-    coords = torch.stack(
-        [uniq // (X * Y * Z), (uniq // (Y * Z)) % X, (uniq // Z) % Y, uniq % Z], dim=1
-    ).to(torch.int32)
+    # every point of a voxel has the voxel's coordinates: read them at its first point
+    coords = torch.empty((v, 4), dtype=torch.int32, device=device)
+    coords[:, 0] = batch[first]
+    coords[:, 1:] = q[first]
     return Voxels(coords, point2voxel, first, counts, origin, [X, Y, Z], int(batch_size), float(voxel_size))
+
+
+def _check_batch_ids(lo_hi: list[int], batch_size: int) -> None:
+    lo, hi = (int(v) for v in lo_hi)
+    if lo < 0 or hi >= batch_size:
+        raise ValueError(f"voxelize: batch ids must lie in [0, {batch_size}), got [{lo}, {hi}]")
+
+
+def _voxel_index(xyz: Tensor, origin: Tensor, voxel_size: float) -> Tensor:
+    """floor((xyz - origin) / voxel_size) in float64, so a point exactly on a voxel face lands in the
+    upper voxel; clamped at 0 because rounding can only push the minimum point itself below it."""
+    rel = xyz.double() - origin.double()  # a new tensor: the in-place steps below never touch xyz
+    return rel.div_(voxel_size).floor_().long().clamp_min_(0)
 
 
 def scatter_mean(values: Tensor, index: Tensor, size: int) -> Tensor:
