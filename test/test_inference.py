@@ -161,3 +161,31 @@ def test_gpu_fp16_agrees_with_cpu():
     res = gpu.segment(pts)
     assert res.labels.shape == cpu.labels.shape
     assert (res.labels == cpu.labels).mean() > 0.95
+
+
+def test_stage_timing_splits_the_total_and_changes_nothing():
+    model = _model(use_camera=False)
+    pts = random_frame(np.random.default_rng(5), 700).points
+    plain = Segmenter.from_model(model, model.cfg, None).segment(pts)
+    staged_seg = Segmenter.from_model(model, model.cfg, None, stage_timing=True)
+    staged = staged_seg.segment(pts)
+    assert np.array_equal(staged.labels, plain.labels) and np.array_equal(staged.confidence, plain.confidence)
+    t = staged.timings
+    assert min(t[k] for k in ("preprocess", "voxelize", "forward_3d", "gather")) >= 0
+    assert t["preprocess"] + t["voxelize"] + t["forward_3d"] + t["gather"] == pytest.approx(t["total"])
+    assert "voxelize" not in plain.timings  # off by default: no extra GPU synchronisation in the node
+    assert not model.unet._forward_hooks and not model.unet._forward_pre_hooks  # hooks removed after use
+
+
+def test_any_memory_layout_and_dtype_give_the_same_result():
+    model = _model(use_camera=False)
+    seg = Segmenter.from_model(model, model.cfg, None)
+    pts = random_frame(np.random.default_rng(6), 500).points
+    pts[[3, 40]] = np.nan
+    pts[41, 3] = np.inf  # a bad intensity alone also drops the point
+    ref = seg.segment(pts)
+    assert (ref.labels[[3, 40, 41]] == 0).all() and (ref.labels[:3] > 0).all()
+    wide = np.concatenate([pts, np.ones((len(pts), 2), np.float32)], 1)
+    for variant in (np.asfortranarray(pts), wide[:, :4], pts.astype(np.float64)):
+        res = seg.segment(variant)
+        assert np.array_equal(res.labels, ref.labels) and np.array_equal(res.confidence, ref.confidence)
