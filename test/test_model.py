@@ -123,6 +123,36 @@ def test_kd_moves_only_the_student_and_2d_teacher_works():
     assert model.point_head.classifier[-1].weight.grad.abs().sum() > 0
 
 
+def test_class_aware_negatives_leave_nothing_to_contrast_within_one_class():
+    """With `nce_negatives: other_class` pixels of the point's own class are no negatives: if every
+    sampled point has the same label, each softmax holds only its positive and InfoNCE is exactly 0;
+    with one other class present it is positive and smaller than with all negatives."""
+    torch.manual_seed(0)
+    batch = _batch(5)
+    model = XModelKD(tiny_config(nce_negatives="other_class")).train()
+    out = model(batch)
+    batch.labels = torch.full_like(batch.labels, 3)
+    assert model.loss(out, batch)["contrastive"].item() == pytest.approx(0.0, abs=1e-6)
+    batch.labels[batch.pair_point[out["nce_pairs"]][::2]] = 5
+    class_aware = model.loss(out, batch)["contrastive"].item()
+    model.cfg.nce_negatives = "all"
+    assert 0.0 < class_aware < model.loss(out, batch)["contrastive"].item()
+
+
+def test_fused_head_can_be_kept_off_the_3d_features():
+    torch.manual_seed(0)
+    batch = _batch(6)
+    grads = {}
+    for detach in (False, True):
+        torch.manual_seed(0)
+        model = XModelKD(tiny_config(fused_detach_3d=detach)).train()
+        model.loss(model(batch), batch)["ce_fused"].backward()
+        grads[detach] = [p.grad for p in model.unet.parameters()]
+        assert model.fusion_head.net[0].weight.grad.abs().sum() > 0
+    assert any(g is not None and g.abs().sum() > 0 for g in grads[False])
+    assert all(g is None or g.abs().sum() == 0 for g in grads[True])
+
+
 def test_sample_at_pixels_reads_the_right_place_in_every_image():
     H, W, h, w = 33, 65, 9, 17
     jj, ii = torch.meshgrid(torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32),
@@ -186,5 +216,7 @@ def test_model_config_is_validated_with_named_fields():
         from_dict(ModelConfig, {"unet_channels": [8, 16, 32], "unet_decoder_channels": [8]})
     with pytest.raises(ConfigError, match="kd_teacher"):
         from_dict(ModelConfig, {"kd_teacher": "lidar"})
+    with pytest.raises(ConfigError, match="nce_negatives"):
+        from_dict(ModelConfig, {"nce_negatives": "same_class"})
     with pytest.raises(ConfigError, match="w2d"):
         from_dict(ModelConfig, {"w2d": -1.0})

@@ -59,6 +59,10 @@ class ModelConfig:
     kd_T: float = 2.0
     kd_teacher: Literal["fused", "2d"] = "fused"
     max_pairs: int = 4096
+    # InfoNCE negatives: "all" other sampled pixels, or only pixels of another class ("other_class":
+    # two road points are not pushed apart for lying on different pixels of the same grey asphalt)
+    nce_negatives: Literal["all", "other_class"] = "all"
+    fused_detach_3d: bool = False  # True: the fused head's CE does not reach the 3D features
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -90,6 +94,8 @@ class ModelConfig:
         need(self.kd_T > 0, f"kd_T must be > 0, got {self.kd_T}")
         need(self.kd_teacher in ("fused", "2d"),
              f"kd_teacher must be 'fused' or '2d', got {self.kd_teacher!r}")
+        need(self.nce_negatives in ("all", "other_class"),
+             f"nce_negatives must be 'all' or 'other_class', got {self.nce_negatives!r}")
         depth = len(self.unet_channels) - 1
         for i, pair in enumerate(self.scales):
             need(len(pair) == 2, f"scales[{i}] must be [3d level, fpn level], got {pair}")
@@ -163,7 +169,10 @@ class XModelKD(nn.Module):
         f2d_point = scatter_mean(f2d.float(), pair_index, fused_point.shape[0])
         out["fused_point"] = fused_point
         out["pair_index"] = pair_index
-        out["logits_fused"] = self.fusion_head(point_feat[fused_point], f2d_point)
+        f3d_point = point_feat[fused_point]
+        if cfg.fused_detach_3d:
+            f3d_point = f3d_point.detach()
+        out["logits_fused"] = self.fusion_head(f3d_point, f2d_point)
         if not embeddings:
             return out
         sel = self._select_pairs(pair_point.shape[0], pair_point.device)
@@ -213,6 +222,10 @@ class XModelKD(nn.Module):
             if "emb_3d" in out:
                 sel_point = pair_point[out["nce_pairs"]]
                 same_point = sel_point[:, None] == sel_point[None, :]
+                if cfg.nce_negatives == "other_class":
+                    lab = labels[sel_point]
+                    same_class = (lab[:, None] == lab[None, :]) & (lab != cfg.ignore_index)[:, None]
+                    same_point = same_point | same_class
                 for e3, e2 in zip(out["emb_3d"], out["emb_2d"]):
                     contrastive = contrastive + info_nce(e3, e2, cfg.tau, same_point)
             terms["contrastive"] = contrastive
