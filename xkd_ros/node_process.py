@@ -94,10 +94,12 @@ class NodeProcess:
     """One `segment_node` child process with its output in `log_path` (see the module docstring)."""
 
     def __init__(self, params_files: list[Path], log_path: str | Path,
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, extra_ros_args: list[str] | None = None) -> None:
+        """`extra_ros_args` follow the params files inside `--ros-args`, e.g. `["-r", "__node:=name"]`."""
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        cmd = [sys.executable, "-m", "xkd_ros.node_process", str(os.getpid()), *ros_args(params_files)]
+        cmd = [sys.executable, "-m", "xkd_ros.node_process", str(os.getpid()), *ros_args(params_files),
+               *(extra_ros_args or [])]
         self.command = cmd
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, env=dict(os.environ if env is None else env))
@@ -107,14 +109,23 @@ class NodeProcess:
         """True while the child runs."""
         return self.proc.poll() is None
 
-    def log_tail(self, chars: int = 3000) -> str:
-        """The end of the node's log, for error messages."""
-        self._log.flush()
+    @property
+    def pid(self) -> int:
+        """The child's process id (for resource sampling)."""
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        """The node's whole log so far."""
+        if not self._log.closed:
+            self._log.flush()
         try:
-            text = self.log_path.read_text(errors="replace")
+            return self.log_path.read_text(errors="replace")
         except OSError:
             return ""
-        return text[-chars:]
+
+    def log_tail(self, chars: int = 3000) -> str:
+        """The end of the node's log, for error messages."""
+        return self.log_text()[-chars:]
 
     def wait_until(self, ready: Callable[[], bool], timeout_s: float, what: str) -> None:
         """Poll `ready()` until true; RuntimeError (with the node's log) if the node exits or times out."""

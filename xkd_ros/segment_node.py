@@ -7,7 +7,18 @@ input order), an optional overlay image and `/diagnostics`.
 Threads: an executor thread runs the subscription callbacks, which only convert and enqueue, and
 the diagnostics timer; the main thread runs inference on the newest frame only (a frame still
 waiting when a newer one arrives is dropped and counted), so a slow model never queues up latency
-and never blocks the middleware. Bad input of any kind is logged (throttled), counted and skipped.
+and never blocks the middleware. Bad input of any kind is logged (throttled per problem, each line
+starting with `[<counter>]`), counted and skipped; `docs/reliability.md` lists every case and what
+the node does with it.
+
+Input policy in short: malformed clouds are skipped (`skipped.cloud_format.<reason>`); valid but
+unusual clouds (float64, big-endian, organised, NaN returns, millions of points) are segmented, an
+organised cloud into an organised output of the same height and width. Cloud stamps go through
+`xkd_ros.stamp.StampGuard`: duplicates and out-of-order scans are skipped (`skipped.stamp.<reason>`),
+a jump back of more than 1 s (a looping bag) is accepted and counted (`stamp.time_jump`; the
+synchronizers reset themselves), a stamp more than 10 s ahead of the node's clock is segmented
+without the camera and counted (`stamp.future`). A refused CameraInfo invalidates the calibration
+until a good one arrives: frames are segmented without the image meanwhile (`camera_info.unusable`).
 
 Diagnostics (`/diagnostics`, status `<node>: segmentation`): `latency_p50_ms` / `latency_p99_ms` /
 `latency_max_ms` (cloud callback entered -> labeled cloud published, last 1000 frames),
@@ -15,7 +26,15 @@ Diagnostics (`/diagnostics`, status `<node>: segmentation`): `latency_p50_ms` / 
 waiting for the worker), `skipped` (total) and per reason `skipped.cloud_format.<reason>`,
 `skipped.out_of_memory`, `skipped.inference_error`; images and calibration refused per reason
 (`image_format.<reason>`, `camera_info.<reason>`), the synchronizer's `sync.<reason>` counters,
-`out_of_memory` (retried), `tf_fallback` and the pair logger's `pair_log.<counter>`.
+`out_of_memory` (retried), `out_of_memory_subsampled`, `tf_fallback`, `stamp.time_jump`,
+`stamp.future`, `points_nonfinite` (points sent back with label 0), `clouds_all_nonfinite`,
+`cloud_layout_changes`, the pair logger's `pair_log.<counter>`, and the resource gauges
+`queue.waiting_frame` (0/1), `queue.image_cache`, `queue.sync_pending`, `process.rss_mb`,
+`process.threads`.
+
+Test hook: with the environment variable `XKD_TEST_INJECT_OOM=1` (never set it in production), a
+cloud whose `frame_id` is `xkd_test_oom_<k>` makes its first `k` segmentation attempts raise CUDA
+out-of-memory, so the OOM path runs in the real node on a machine without a GPU.
 
 `xkd_ros.bag_eval.InProcessNode` drives this node synchronously through `_on_cloud`, `_on_image`,
 `_on_camera_info`, `slot`, `_process`, `_publish_diagnostics`, `cloud_pub` and `diag_pub`: keep them.
@@ -25,13 +44,17 @@ Run: `segment_node --ros-args --params-file config/segment.yaml [-p name:=value]
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -44,6 +67,7 @@ from rclpy.time import Time
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
+from xkd_core.classes import CLASS_NAMES
 from xkd_core.config import ConfigError
 from xkd_core.data.frame import CameraView
 from xkd_core.data.pairlog import PairLogWriter, PairSample
@@ -59,7 +83,7 @@ from xkd_ros.image import (
     to_rclpy_image,
     undistort,
 )
-from xkd_ros.node_stats import NodeStats
+from xkd_ros.node_stats import LogThrottle, NodeStats
 from xkd_ros.pointcloud import CloudFormatError, cloud_to_xyzi, labeled_cloud_array, to_rclpy_cloud
 from xkd_ros.segment_params import (
     SegmentNodeConfig,
@@ -70,11 +94,17 @@ from xkd_ros.segment_params import (
     qos_profile,
     resolve_checkpoint,
 )
-from xkd_ros.stamp import header_ns
+from xkd_ros.stamp import DUPLICATE, FUTURE, NS_PER_S, OUT_OF_ORDER, TIME_JUMP, StampGuard, header_ns
 from xkd_ros.sync import ApproximateTimeSynchronizer, NearestImageCache
 from xkd_ros.transform import transform_msg_to_matrix
 
-_LOG_EVERY_S = 5.0  # throttle for repeated warnings about bad input
+_LOG_EVERY_S = 5.0  # repeated warnings about one problem: at most one line per this many seconds
+_JUMP_BACK_S = 1.0  # a cloud stamp this much older than the last one is a time jump (looping bag)
+_MAX_FUTURE_S = 10.0  # a cloud stamp this much ahead of the node's clock is counted as future
+
+#: The fault-injection test hook (see the module docstring); off unless this variable is "1".
+OOM_HOOK_ENV = "XKD_TEST_INJECT_OOM"
+OOM_HOOK_FRAME_PREFIX = "xkd_test_oom_"
 
 
 @dataclass
@@ -116,6 +146,11 @@ class LatestFrameSlot:
             self._cond.notify()
             return replaced
 
+    def waiting(self) -> bool:
+        """True while a frame waits for the worker (a diagnostics gauge)."""
+        with self._cond:
+            return self._frame is not None
+
     def take(self, timeout: float | None = None) -> Any:
         """The waiting frame (removing it), or None after `timeout` or once closed."""
         with self._cond:
@@ -140,25 +175,34 @@ def resolve_device(device: str) -> str:
 
 
 def segment_with_oom_retry(segmenter: Any, points: np.ndarray, views: list[CameraView] | None,
-                           stats: NodeStats) -> tuple[np.ndarray, np.ndarray] | None:
+                           stats: NodeStats, warn: Callable[[str, str], None] | None = None,
+                           ) -> tuple[np.ndarray, np.ndarray] | None:
     """(labels, confidence) for every point, surviving one CUDA out-of-memory.
 
     On OOM the cache is emptied and the frame retried once with every second point; the points left
     out get label 0 and confidence 0 (not segmented). A second OOM skips the frame (None). Both
-    are counted: `out_of_memory` and `skipped.out_of_memory`.
+    are counted: `out_of_memory` and `skipped.out_of_memory`, and reported through
+    `warn(counter, text)` when given.
     """
+    n = points.shape[0]
     try:
         res = segmenter.segment(points, views)
         return res.labels, res.confidence
-    except torch.cuda.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError as exc:
         stats.count("out_of_memory")
+        if warn is not None:
+            warn("out_of_memory", f"CUDA out of memory on a frame of {n} points ({_first_line(exc)}): "
+                                  "retrying on every second point, the others get label 0")
     torch.cuda.empty_cache()
-    keep = np.arange(0, points.shape[0], 2)
+    keep = np.arange(0, n, 2)
     try:
         res = segmenter.segment(np.ascontiguousarray(points[keep]), views)
-    except torch.cuda.OutOfMemoryError:
+    except torch.cuda.OutOfMemoryError as exc:
         torch.cuda.empty_cache()
         stats.count("skipped.out_of_memory")
+        if warn is not None:
+            warn("skipped.out_of_memory", f"CUDA out of memory again on {len(keep)} of {n} points "
+                                          f"({_first_line(exc)}): frame skipped")
         return None
     labels = np.zeros(points.shape[0], dtype=np.uint16)
     confidence = np.zeros(points.shape[0], dtype=np.float32)
@@ -166,6 +210,35 @@ def segment_with_oom_retry(segmenter: Any, points: np.ndarray, views: list[Camer
     confidence[keep] = res.confidence
     stats.count("out_of_memory_subsampled")
     return labels, confidence
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class InjectedOutOfMemory:
+    """The `XKD_TEST_INJECT_OOM` test hook: a segmenter whose next `k` calls raise CUDA OOM.
+
+    `arm(frame_id)` sets `k` from a frame id `xkd_test_oom_<k>` (0 for any other id), so a test picks
+    per message whether the frame is retried (k=1) or skipped (k=2); the real `segment` runs after.
+    """
+
+    def __init__(self, segmenter: Any) -> None:
+        self.segmenter = segmenter
+        self.left = 0
+
+    def arm(self, frame_id: str) -> InjectedOutOfMemory:
+        suffix = frame_id[len(OOM_HOOK_FRAME_PREFIX):] if frame_id.startswith(OOM_HOOK_FRAME_PREFIX) else ""
+        self.left = int(suffix) if suffix.isdigit() else 0
+        return self
+
+    def segment(self, points: np.ndarray, views: list[CameraView] | None = None) -> Any:
+        if self.left > 0:
+            self.left -= 1
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected by {OOM_HOOK_ENV}=1 for "
+                                              f"{len(points)} points)")
+        return self.segmenter.segment(points, views)
 
 
 class SegmentNode(Node):
@@ -183,6 +256,10 @@ class SegmentNode(Node):
         self.device = resolve_device(cfg.device)
         self.T_param = lidar_to_camera(cfg.extrinsics.lidar_to_camera)
         self.stats = NodeStats()
+        self._throttle = LogThrottle(_LOG_EVERY_S)
+        self.stamp_guard = StampGuard(jump_back_s=_JUMP_BACK_S, max_future_s=_MAX_FUTURE_S)
+        self._cloud_layout: tuple | None = None
+        self._process_info = psutil.Process()
 
         if self.device == "cpu" and cfg.cpu_threads > 0:
             torch.set_num_threads(cfg.cpu_threads)
@@ -195,6 +272,11 @@ class SegmentNode(Node):
         t0 = time.monotonic()
         self.segmenter.warmup()
         self.get_logger().info(f"model warm-up done in {time.monotonic() - t0:.2f} s")
+        self._oom_hook: InjectedOutOfMemory | None = None
+        if os.environ.get(OOM_HOOK_ENV) == "1":
+            self._oom_hook = InjectedOutOfMemory(self.segmenter)
+            self.get_logger().warning(f"test hook {OOM_HOOK_ENV}=1 is on: clouds with frame_id "
+                                      f"{OOM_HOOK_FRAME_PREFIX}<k> get k simulated CUDA out-of-memory errors")
 
         self.tf_buffer = self._make_tf_buffer() if cfg.use_camera and cfg.extrinsics.use_tf else None
         self.pair_logger = self._make_pair_logger() if cfg.log_pairs and cfg.use_camera else None
@@ -210,6 +292,7 @@ class SegmentNode(Node):
 
         self._camera_lock = threading.Lock()
         self._camera_model: CameraModel | None = None
+        self._camera_error: CameraInfoError | None = None  # why the latest CameraInfo was refused
         self._last_image_time: float | None = None  # monotonic arrival of the newest image
         self._frames_with_image = 0
         self.image_cache: NearestImageCache | None = None
@@ -274,21 +357,63 @@ class SegmentNode(Node):
         return writer
 
     # ------------------------------------------------------------------ callbacks: convert + enqueue
+    def _warn(self, key: str, text: str, error: bool = False) -> None:
+        """A warning (or error) about problem `key` (its diagnostics counter), throttled per problem."""
+        show, held = self._throttle.ready(key)
+        if show:
+            line = f"[{key}] {text}" + (f" ({held} more since the last report)" if held else "")
+            logger = self.get_logger()
+            (logger.error if error else logger.warning)(line)
+
     def _on_cloud(self, msg: PointCloud2) -> None:
         received = time.monotonic()
         self.stats.frame_in()
+        topic = self.cfg.topics.cloud_in
         try:
             xyzi = cloud_to_xyzi(msg)
         except CloudFormatError as exc:
-            self.stats.count(f"skipped.cloud_format.{exc.reason}")
-            self.get_logger().warning(f"skipping cloud on {self.cfg.topics.cloud_in}: {exc}",
-                                      throttle_duration_sec=_LOG_EVERY_S)
+            key = f"skipped.cloud_format.{exc.reason}"
+            self.stats.count(key)
+            self._warn(key, f"skipping cloud on {topic}: {exc}")
             return
-        if xyzi.shape[0] == 0:
+        n = xyzi.shape[0]
+        if n == 0:
             self.stats.count("skipped.cloud_format.empty")
-            self.get_logger().warning("skipping an empty cloud", throttle_duration_sec=_LOG_EVERY_S)
+            self._warn("skipped.cloud_format.empty", f"skipping an empty cloud on {topic} "
+                                                     f"({int(msg.height)}x{int(msg.width)} points)")
             return
+        self._note_layout(msg)
         stamp = header_ns(msg.header)
+        check = self.stamp_guard.check(stamp, self.get_clock().now().nanoseconds)
+        if not check.accepted:
+            key = f"skipped.stamp.{check.verdict}"
+            self.stats.count(key)
+            what = {DUPLICATE: "repeats the previous cloud's stamp",
+                    OUT_OF_ORDER: f"is {-check.delta_ns / NS_PER_S:.3f} s older than the previous cloud"}
+            self._warn(key, f"skipping cloud on {topic}: stamp {stamp / NS_PER_S:.6f} s "
+                            f"{what[check.verdict]} (stale or re-sent scan)")
+            return
+        nonfinite = n - int(np.count_nonzero(np.isfinite(xyzi).all(axis=1)))
+        if nonfinite:  # NaN returns are ordinary driver output: counted (label 0), logged only if all
+            self.stats.count("points_nonfinite", nonfinite)
+            if nonfinite == n:
+                self.stats.count("clouds_all_nonfinite")
+                self._warn("clouds_all_nonfinite", f"cloud on {topic} has no finite point ({n} NaN/inf): "
+                                                   "published with label 0 everywhere")
+        if check.verdict == TIME_JUMP:
+            self.stats.count("stamp.time_jump")
+            back = -check.delta_ns / NS_PER_S
+            self._warn("stamp.time_jump", f"cloud stamps on {topic} jumped back {back:.3f} s (looping bag or "
+                                          "clock reset): starting over from this stamp, camera "
+                                          "synchronization reset")
+        elif check.verdict == FUTURE:
+            # No image can match a wild stamp, and it must not disturb the synchronizer's clock.
+            self.stats.count("stamp.future")
+            ahead = check.delta_ns / NS_PER_S
+            self._warn("stamp.future", f"cloud on {topic} is stamped {ahead:.1f} s ahead of this node's "
+                                       "clock (check the sensor's time sync): segmented without the camera")
+            self._enqueue(LidarFrame(msg, xyzi, received, None))
+            return
         if self.synchronizer is not None and self._camera_alive():
             self.synchronizer.add(0, stamp, LidarFrame(msg, xyzi, received, None))
             return
@@ -298,6 +423,23 @@ class SegmentNode(Node):
         elif self.synchronizer is not None:
             self.stats.count("sync.camera_stalled")
         self._enqueue(LidarFrame(msg, xyzi, received, camera))
+
+    def _note_layout(self, msg: PointCloud2) -> None:
+        """Log the cloud layout when it first arrives and whenever it changes (what the node decodes)."""
+        organised = int(msg.height) > 1
+        fields = tuple((f.name, int(f.offset), int(f.datatype), int(f.count)) for f in msg.fields)
+        layout = (fields, int(msg.point_step), bool(msg.is_bigendian), organised)
+        if layout == self._cloud_layout:
+            return
+        self._cloud_layout = layout
+        self.stats.count("cloud_layout_changes")
+        names = {1: "INT8", 2: "UINT8", 3: "INT16", 4: "UINT16", 5: "INT32", 6: "UINT32", 7: "FLOAT32",
+                 8: "FLOAT64"}
+        desc = " ".join(f"{n}:{names.get(d, d)}@{o}" + (f"x{c}" if c > 1 else "") for n, o, d, c in fields)
+        shape = f"organised {int(msg.height)}x{int(msg.width)}" if organised else "unorganised"
+        self.get_logger().info(f"cloud layout on {self.cfg.topics.cloud_in}: {desc}, point_step "
+                               f"{int(msg.point_step)}, {'big' if msg.is_bigendian else 'little'}-endian, "
+                               f"{shape}")
 
     def _camera_alive(self) -> bool:
         """In approximate mode a silent camera must not stop the LiDAR output: past `max_image_age`
@@ -318,14 +460,18 @@ class SegmentNode(Node):
         try:
             rgb = image_to_rgb(msg)
         except ImageFormatError as exc:
-            self.stats.count(f"image_format.{exc.reason}")
-            self.get_logger().warning(f"skipping image on {self.cfg.topics.image_in}: {exc}",
-                                      throttle_duration_sec=_LOG_EVERY_S)
+            key = f"image_format.{exc.reason}"
+            self.stats.count(key)
+            self._warn(key, f"skipping image on {self.cfg.topics.image_in}: {exc}")
             return
         stamp = header_ns(msg.header)
         camera = CameraFrame(rgb, msg.header.frame_id, stamp)
         if self.image_cache is not None:
-            self.image_cache.push(stamp, camera)  # the cache counts images it refuses
+            if not self.image_cache.push(stamp, camera):  # the cache counts what it refuses
+                self._warn("sync.future", f"skipping image on {self.cfg.topics.image_in}: stamp "
+                                          f"{stamp / NS_PER_S:.6f} s is more than "
+                                          f"{self.image_cache.max_future_ns / NS_PER_S:.1f} s after the "
+                                          "newest cloud (camera clock?)")
         elif self.synchronizer is not None:
             self.synchronizer.add(1, stamp, camera)
 
@@ -333,12 +479,15 @@ class SegmentNode(Node):
         try:
             model = camera_info_to_model(msg)
         except CameraInfoError as exc:
-            self.stats.count(f"camera_info.{exc.reason}")
-            self.get_logger().warning(f"ignoring camera info on {self.cfg.topics.camera_info_in}: {exc}",
-                                      throttle_duration_sec=_LOG_EVERY_S)
+            key = f"camera_info.{exc.reason}"
+            self.stats.count(key)
+            self._warn(key, f"refusing camera info on {self.cfg.topics.camera_info_in}: {exc}; images are "
+                            "not used until a valid one arrives")
+            with self._camera_lock:  # a calibration that changed into garbage must not be used stale
+                self._camera_model, self._camera_error = None, exc
             return
         with self._camera_lock:
-            self._camera_model = model
+            self._camera_model, self._camera_error = model, None
 
     # ------------------------------------------------------------------ worker: inference + publish
     def run(self) -> None:
@@ -358,21 +507,25 @@ class SegmentNode(Node):
                 if not self.context.ok():
                     break  # shut down mid-frame: the publisher is gone, nothing to report
                 self.stats.count("skipped.inference_error")
-                self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}",
-                                        throttle_duration_sec=_LOG_EVERY_S)
+                self._warn("skipped.inference_error", f"frame failed: {type(exc).__name__}: {exc}",
+                           error=True)
 
     def _process(self, frame: LidarFrame) -> None:
         cfg = self.cfg
         xyzi = frame.xyzi
         view = self._camera_view(frame)
         views = [view] if (view is not None and cfg.fuse_camera) else None
-        out = segment_with_oom_retry(self.segmenter, xyzi, views, self.stats)
+        segmenter = self.segmenter
+        if self._oom_hook is not None:
+            segmenter = self._oom_hook.arm(frame.msg.header.frame_id)
+        out = segment_with_oom_retry(segmenter, xyzi, views, self.stats, self._warn)
         if out is None:
-            self.get_logger().warning("CUDA out of memory twice on one frame: skipped",
-                                      throttle_duration_sec=_LOG_EVERY_S)
             return
         labels, confidence = out
         cloud = to_rclpy_cloud(frame.msg.header, labeled_cloud_array(xyzi, labels, confidence))
+        height, width = int(frame.msg.height), int(frame.msg.width)
+        if height > 1 and height * width == xyzi.shape[0]:  # organised in, organised out (row-major)
+            cloud.height, cloud.width, cloud.row_step = height, width, width * cloud.point_step
         self.cloud_pub.publish(cloud)
         self.stats.frame_out(time.monotonic() - frame.received)
 
@@ -392,18 +545,24 @@ class SegmentNode(Node):
         if camera is None:
             return None
         with self._camera_lock:
-            model = self._camera_model  # the latest calibration: it comes on its own topic and rarely changes
+            # the latest calibration: it comes on its own topic and rarely changes
+            model, error = self._camera_model, self._camera_error
+        if model is None and error is not None:
+            self.stats.count("camera_info.unusable")
+            self._warn("camera_info.unusable", f"the latest CameraInfo on {self.cfg.topics.camera_info_in} "
+                                               f"was refused ({error.reason}): segmenting without the image")
+            return None
         if model is None:
             self.stats.count("camera_info.none_received")
-            self.get_logger().warning(f"no CameraInfo on {self.cfg.topics.camera_info_in} yet: "
-                                      f"segmenting without the image", throttle_duration_sec=_LOG_EVERY_S)
+            self._warn("camera_info.none_received", f"no CameraInfo on {self.cfg.topics.camera_info_in} yet: "
+                                                    "segmenting without the image")
             return None
         try:
             rgb = undistort(camera.rgb, model)  # also checks the image size against the calibration
         except CameraInfoError as exc:
-            self.stats.count(f"camera_info.{exc.reason}")
-            self.get_logger().warning(f"camera image unusable: {exc}; segmenting without it",
-                                      throttle_duration_sec=_LOG_EVERY_S)
+            key = f"camera_info.{exc.reason}"
+            self.stats.count(key)
+            self._warn(key, f"camera image unusable: {exc}; segmenting without it")
             return None
         T = self._lidar_to_camera(frame.msg.header.frame_id, camera.frame_id)
         return to_camera_view(rgb, model.K, T, camera.frame_id or "camera")
@@ -416,8 +575,8 @@ class SegmentNode(Node):
             tf = self.tf_buffer.lookup_transform(camera_frame, lidar_frame, Time()).transform
         except Exception as exc:  # noqa: BLE001 - tf2 raises several unrelated exception types
             self.stats.count("tf_fallback")
-            self.get_logger().warning(f"no transform {lidar_frame} -> {camera_frame} ({exc}); using "
-                                      "extrinsics.lidar_to_camera", throttle_duration_sec=_LOG_EVERY_S)
+            self._warn("tf_fallback", f"no transform {lidar_frame} -> {camera_frame} ({exc}); using "
+                                      "extrinsics.lidar_to_camera")
             return self.T_param
         return transform_msg_to_matrix(tf)
 
@@ -455,6 +614,7 @@ class SegmentNode(Node):
             values.update({f"sync.{k}": str(v) for k, v in self.synchronizer.stats().items()})
         if self.pair_logger is not None:
             values.update({f"pair_log.{k}": str(v) for k, v in self.pair_logger.stats().items()})
+        values.update(self._resource_gauges())
 
         # The level reflects the last period, not the whole run: one old drop must not stay a warning.
         new_dropped = dropped - self._reported.get("dropped", 0)
@@ -475,6 +635,22 @@ class SegmentNode(Node):
         array.header.stamp = self.get_clock().now().to_msg()
         self.diag_pub.publish(array)
 
+    def _resource_gauges(self) -> dict[str, str]:
+        """Queue fill and process resources: what a soak test watches for growth."""
+        cache, sync = self.image_cache, self.synchronizer
+        out = {
+            "queue.waiting_frame": str(int(self.slot.waiting())),
+            "queue.image_cache": str(len(cache) if cache is not None else 0),
+            "queue.sync_pending": str(sum(sync.pending()) if sync is not None else 0),
+        }
+        try:
+            with self._process_info.oneshot():
+                out["process.rss_mb"] = f"{self._process_info.memory_info().rss / 2**20:.1f}"
+                out["process.threads"] = str(self._process_info.num_threads())
+        except psutil.Error:  # diagnostics must not fail because /proc is unreadable
+            pass
+        return out
+
     # ------------------------------------------------------------------ shutdown
     def stop(self) -> None:
         """Make `run` return (safe from any thread)."""
@@ -489,13 +665,43 @@ class SegmentNode(Node):
             self.pair_logger = None
 
 
-def load_segmenter(cfg: SegmentNodeConfig, checkpoint: str, device: str) -> Any:
-    """The `Segmenter` for the node's config (imported here: it pulls in the model stack)."""
-    from xkd_core.inference import Segmenter
+def check_checkpoint(path: str | Path) -> None:
+    """Refuse, with a ConfigError naming the file and the problem, a checkpoint the node cannot use.
 
-    return Segmenter.from_checkpoint(checkpoint, device=device, fp16=cfg.fp16 and device == "cuda",
-                                     backend=cfg.sparse_backend, fuse=cfg.fuse_camera,
-                                     max_range=cfg.max_range or None)
+    Beyond what loading checks (readable, an xkd checkpoint, a known model config), the class map must
+    be this package's (`xkd_core.classes`): the node publishes label ids and colours from it, so a model
+    trained on other classes would publish wrong labels without any error.
+    """
+    from xkd_core.models.checkpoint import CheckpointError, config_from_checkpoint, load_checkpoint
+
+    try:
+        ckpt = load_checkpoint(path, map_location="cpu")
+        config_from_checkpoint(ckpt, path)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise ConfigError(f"parameter 'checkpoint': {exc}") from exc
+    names = ckpt["class_names"]
+    names = list(names) if isinstance(names, (list, tuple)) else names
+    if names != list(CLASS_NAMES):
+        raise ConfigError(f"parameter 'checkpoint': {path} has another class map: its class_names are "
+                          f"{names!r}, this package labels with the {len(CLASS_NAMES)} classes of "
+                          f"xkd_core.classes ({', '.join(CLASS_NAMES[:3])}, ...)")
+
+
+def load_segmenter(cfg: SegmentNodeConfig, checkpoint: str, device: str) -> Any:
+    """The `Segmenter` for the node's config (imported here: it pulls in the model stack).
+
+    Every checkpoint problem is a ConfigError naming the file, so `main` refuses to start with one line.
+    """
+    from xkd_core.inference import Segmenter
+    from xkd_core.models.checkpoint import CheckpointError
+
+    check_checkpoint(checkpoint)
+    try:
+        return Segmenter.from_checkpoint(checkpoint, device=device, fp16=cfg.fp16 and device == "cuda",
+                                         backend=cfg.sparse_backend, fuse=cfg.fuse_camera,
+                                         max_range=cfg.max_range or None)
+    except (CheckpointError, FileNotFoundError) as exc:
+        raise ConfigError(f"parameter 'checkpoint': {exc}") from exc
 
 
 def main(args: list[str] | None = None) -> int:
