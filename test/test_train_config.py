@@ -85,6 +85,8 @@ def test_unknown_key_or_wrong_type_names_the_key(override: str, names: str) -> N
         ("optim.clip_grad_norm=-1", "optim.clip_grad_norm"),
         ("data.batch_size=0", "data.batch_size"),
         ("data.max_points=0", "data.max_points"),
+        ("data.label_fraction=0", "data.label_fraction"),
+        ("data.label_fraction=1.5", "data.label_fraction"),
         ("data.val_sequences=[a8]", "data.val_sequences"),
         ("device=gpu", "device must be auto, cpu, cuda or cuda:N"),
         ("log_every=0", "log_every"),
@@ -126,3 +128,22 @@ def test_cli_reports_config_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert "xkd-train: error:" in err and "optim.warmup" in err
     assert main([]) == 2
     assert "give --config" in capsys.readouterr().err
+
+
+def test_label_fraction_keeps_the_same_labeled_points_every_time() -> None:
+    import numpy as np
+
+    from xkd_core.data.frame import Frame
+    from xkd_core.training.data import keep_label_fraction
+
+    rng = np.random.default_rng(0)
+    frame = Frame(points=rng.normal(size=(20000, 4)).astype(np.float32),
+                  labels=rng.integers(1, 20, 20000), sequence="00", frame_id="000007")
+    a = keep_label_fraction(frame, 0.1, 7)
+    assert keep_label_fraction(frame, 1.0, 7) is frame
+    labeled = a.labels != 0
+    assert 0.09 < labeled.mean() < 0.11
+    assert np.array_equal(a.labels[labeled], frame.labels[labeled])
+    assert np.array_equal(keep_label_fraction(frame, 0.1, 7).labels, a.labels)  # fixed subset
+    assert not np.array_equal(keep_label_fraction(frame, 0.1, 8).labels != 0, labeled)  # per scan
+    assert np.all(frame.labels != 0)  # the input frame is not modified

@@ -56,6 +56,9 @@ class DataConfig:
     num_workers: int = 4
     #: Random subsample of each training scan to at most this many points (CPU runs); None = all.
     max_points: int | None = None
+    #: Weak supervision: keep the labels of only this fraction of each training scan's points (the
+    #: same points every epoch and run, as if an annotator had labeled them once); the rest become ignore.
+    label_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.root:
@@ -66,6 +69,8 @@ class DataConfig:
             raise ValueError("data.batch_size and data.val_batch_size must be >= 1")
         if self.num_workers < 0:
             raise ValueError("data.num_workers must be >= 0")
+        if not 0.0 < self.label_fraction <= 1.0:
+            raise ValueError(f"data.label_fraction must lie in (0, 1], got {self.label_fraction}")
         if self.max_points is not None and self.max_points < 1:
             raise ValueError("data.max_points must be >= 1 (or null for all points)")
         if len(self.image_hw) != 2 or min(self.image_hw) < 1:

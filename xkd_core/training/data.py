@@ -16,12 +16,27 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
+from xkd_core.classes import IGNORE_INDEX
 from xkd_core.data.collate import collate, prepare_sample
 from xkd_core.data.dataset import SemanticKittiDataset
 from xkd_core.data.frame import Frame
 from xkd_core.training.config import TrainConfig
 from xkd_core.training.distributed import DistInfo
 from xkd_core.training.seeding import sample_rng, worker_init_fn
+
+#: Seed of the labeled-point subset under `data.label_fraction`: a property of the data set, so it is
+#: the same for every training seed and both methods.
+LABEL_SUBSET_SEED = 20240917
+
+
+def keep_label_fraction(frame: Frame, fraction: float, index: int) -> Frame:
+    """Set all but a fixed random `fraction` of the scan's labels to ignore (weak supervision)."""
+    if fraction >= 1.0 or frame.labels is None:
+        return frame
+    rng = np.random.default_rng([LABEL_SUBSET_SEED, index])
+    labels = frame.labels.copy()
+    labels[rng.random(frame.num_points) >= fraction] = IGNORE_INDEX
+    return dataclasses.replace(frame, labels=labels)
 
 
 def subsample(frame: Frame, max_points: int | None, rng: np.random.Generator) -> Frame:
@@ -61,6 +76,7 @@ class SampleDataset(Dataset):
         d = self.cfg.data
         use_camera = self.cfg.model.use_camera and self.train
         if self.train:
+            frame = keep_label_fraction(frame, d.label_fraction, index)
             frame = subsample(frame, d.max_points, rng)
         return prepare_sample(
             frame,
