@@ -1,0 +1,255 @@
+"""Per-stage latency of one scan through the node's own per-frame path, against scan size.
+
+Run: .venv/bin/python -m bench.bench_stages [--sizes 30000 60000 120000 240000] [--scans 200]
+     [--device cpu|cuda] [--backends auto] [--precisions fp32 fp16] [--threads 0] [--checkpoint shipped]
+
+Each scan goes through exactly what `segment_node` does with a frame, with the real functions:
+`decode` (`cloud_to_xyzi` on a PointCloud2 as a subscriber receives it, i.e. after CDR), then
+`Segmenter.segment` split by its stage timing into `preprocess` (checks, range filter, batching,
+host -> device), `voxelize` (voxels and their mean features), `forward_3d` (the sparse UNet) and
+`gather` (point head, softmax, device -> host, labels back in input order), then `encode`
+(`labeled_cloud_array` + `to_rclpy_cloud`) and `overlay` (`draw_label_overlay` on the camera image +
+`to_rclpy_image`); `total` is decode to overlay, `inference` is `segment` alone (SPEC's "per-scan
+inference"). The scans come from the synthetic world (`xkd_core.synth`, 64-beam, ~128k points): a
+few are generated once, resized to each size (random subset, or consecutive scans appended then a
+subset) and cycled with 1 cm of fresh noise per scan, so generation is never timed. The model is the
+shipped checkpoint with the node's default `max_range` (`--checkpoint random-full`: the full-size
+`semantickitti` architecture, random weights, for GPU runs).
+
+GPU rows (`--device cuda`, `--backends spconv spconv_triton`, `--precisions fp32 fp16`) also record
+`torch.cuda.max_memory_allocated`; rows this machine cannot run are listed under `skipped` with the
+reason. Writes bench/results/stages_<device>.json and docs/img/stage_latency_<device>.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from bench.common import (
+    IMAGES,
+    RESULTS,
+    command_line,
+    load_average,
+    machine_info,
+    now_utc,
+    resize_cloud,
+    resolve_checkpoint,
+    stats_ms,
+    write_json,
+)
+
+#: Stages in the order the node runs them; `total` is their sum per scan.
+STAGES = ("decode", "preprocess", "voxelize", "forward_3d", "gather", "encode", "overlay")
+SIZES = (30_000, 60_000, 120_000, 240_000)
+
+
+def synthetic_pool(count: int, seed: int) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """`count` scans of one synthetic drive, the first frame's camera image and its K, T."""
+    from xkd_core.synth import SynthConfig, SyntheticSequence
+
+    seq = SyntheticSequence(SynthConfig(), seed, 0, count)
+    K, T = seq.calib.camera(2)
+    return [seq.scan(i)[0] for i in range(count)], seq.image(0, 2)[0], K, T
+
+
+def received_cloud(points: np.ndarray, stamp_ns: int) -> Any:
+    """The PointCloud2 a subscriber gets for `points`: built, serialised and deserialised (CDR)."""
+    from rclpy.serialization import deserialize_message, serialize_message
+    from sensor_msgs.msg import PointCloud2
+
+    from xkd_ros.pointcloud import to_rclpy_cloud, xyzi_array
+    from xkd_ros.stamp import rclpy_header
+
+    msg = to_rclpy_cloud(rclpy_header(stamp_ns, "velodyne"), xyzi_array(points))
+    return deserialize_message(serialize_message(msg), PointCloud2)
+
+
+def skip_reason(device: str, backend: str, precision: str) -> str | None:
+    """Why this machine cannot run a row, or None."""
+    from xkd_core.models.sparse_backend import get_spconv
+
+    if device == "cuda" and not torch.cuda.is_available():
+        return "no CUDA device on this machine"
+    if precision == "fp16" and device != "cuda":
+        return "fp16 autocast is CUDA-only (Segmenter ignores fp16 on the CPU)"
+    if backend == "spconv_triton" and device != "cuda":
+        return "spconv-triton has no CPU path"
+    try:
+        get_spconv(backend)  # type: ignore[arg-type]
+    except ImportError as exc:
+        return str(exc).splitlines()[0]
+    return None
+
+
+def measure_row(seg: Any, pool: list[np.ndarray], image: np.ndarray, K: np.ndarray, T: np.ndarray,
+                points: int, scans: int, warmup: int, seed: int) -> dict[str, Any]:
+    """Stage timings of `scans` scans of `points` points (after `warmup` untimed ones)."""
+    from xkd_core.overlay import draw_label_overlay
+    from xkd_ros.image import to_rclpy_image
+    from xkd_ros.pointcloud import cloud_to_xyzi, labeled_cloud_array, to_rclpy_cloud
+
+    rng = np.random.default_rng(seed)
+    base = [resize_cloud(pool, k, points, rng) for k in range(len(pool))]
+    times: dict[str, list[float]] = {k: [] for k in (*STAGES, "total", "inference")}
+    voxels: list[int] = []
+    seg.warmup(num_points=points, iterations=1)
+    if seg.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(seg.device)
+    for i in range(warmup + scans):
+        pts = base[i % len(base)].copy()
+        pts[:, :3] += rng.normal(0.0, 0.01, (points, 3)).astype(np.float32)
+        msg = received_cloud(pts, 1_000_000_000 + i)
+        t0 = time.perf_counter()
+        xyzi = cloud_to_xyzi(msg)
+        t1 = time.perf_counter()
+        res = seg.segment(xyzi)
+        t2 = time.perf_counter()
+        to_rclpy_cloud(msg.header, labeled_cloud_array(xyzi, res.labels, res.confidence))
+        t3 = time.perf_counter()
+        to_rclpy_image(msg.header, draw_label_overlay(image, xyzi[:, :3], res.labels, K, T))
+        t4 = time.perf_counter()
+        if i < warmup:
+            continue
+        st = res.timings
+        measured = {"decode": t1 - t0, "encode": t3 - t2, "overlay": t4 - t3, "total": t4 - t0,
+                    "inference": st["total"], **{k: st[k] for k in STAGES[1:5]}}
+        for name, value in measured.items():
+            times[name].append(value)
+        if i == warmup:  # occupied voxels of one scan, for the cost curve
+            voxels.append(_count_voxels(xyzi, seg))
+    row: dict[str, Any] = {"points": points, "scans": scans, "voxels": voxels[0] if voxels else None,
+                           "stages_ms": {k: stats_ms(v) for k, v in times.items()}}
+    if seg.device.type == "cuda":
+        row["cuda_max_memory_mb"] = round(torch.cuda.max_memory_allocated(seg.device) / 2**20, 1)
+    return row
+
+
+def _count_voxels(xyzi: np.ndarray, seg: Any) -> int:
+    from xkd_core.geometry.voxelize import voxelize
+
+    keep = np.isfinite(xyzi).all(axis=1)
+    if seg.max_range is not None:
+        keep &= np.linalg.norm(xyzi[:, :3], axis=1) <= seg.max_range
+    xyz = torch.from_numpy(np.ascontiguousarray(xyzi[keep, :3]))
+    return voxelize(xyz, torch.zeros(len(xyz), dtype=torch.int64), seg.cfg.voxel_size, 1).num_voxels
+
+
+def _series(rows: list[dict], stage: str, q: str) -> list[float]:
+    return [max(r["stages_ms"][stage][q], 1e-3) for r in rows]  # log axis: no zeros
+
+
+def plot(result: dict[str, Any], path: Path) -> Path:
+    """p50 of every stage (and p99 of the total) against points, one panel per backend/precision."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[dict]] = {}
+    for row in result["rows"]:
+        groups.setdefault(f"{row['backend']} {row['precision']}", []).append(row)
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(6.5 * max(len(groups), 1), 4.5), squeeze=False)
+    for ax, (name, rows) in zip(axes[0], groups.items()):
+        rows = sorted(rows, key=lambda r: r["points"])
+        x = [r["points"] / 1000 for r in rows]
+        for stage in STAGES:
+            ax.plot(x, _series(rows, stage, "p50"), marker="o", label=f"{stage} p50")
+        ax.plot(x, _series(rows, "total", "p50"), "k-", lw=2.5, marker="s", label="total p50")
+        ax.plot(x, _series(rows, "total", "p99"), "k--", lw=1.5, label="total p99")
+        ax.set_yscale("log")
+        ax.set_xlabel("points per scan (thousands)")
+        ax.set_ylabel("ms per scan")
+        ax.set_title(f"{result['device']} ({name}), {result['torch_threads']} torch threads, "
+                     f"load {result['load_avg_start'][0]:.1f}", fontsize=9)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    where = result["machine"].get("gpu") or result["machine"]["cpu"]
+    fig.suptitle(f"xkd per-scan stages: {where}", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", type=int, nargs="+", default=list(SIZES), help="points per scan")
+    p.add_argument("--scans", type=int, default=200, help="timed scans per row (p99 needs >= 200)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed scans per row first")
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--backends", nargs="+", default=["auto"], choices=["auto", "spconv", "spconv_triton"])
+    p.add_argument("--precisions", nargs="+", default=["fp32", "fp16"], choices=["fp32", "fp16"])
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads; 0 = torch's default")
+    p.add_argument("--checkpoint", default="shipped",
+                   help="shipped | random (synth_small, random init) | random-full (full-size) | PATH")
+    p.add_argument("--pool", type=int, default=4, help="distinct synthetic scans, cycled")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="default bench/results/stages_<device>.json")
+    p.add_argument("--plot", default=None, help="PNG path, 'none' for no plot; default "
+                                                "docs/img/stage_latency_<device>.png")
+    args = p.parse_args(argv)
+    if args.scans < 1 or args.warmup < 0 or min(args.sizes) < 1 or args.pool < 1:
+        p.error("--scans, --sizes and --pool must be >= 1 and --warmup >= 0")
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    out = args.out or RESULTS / f"stages_{args.device}.json"
+
+    from xkd_core.inference import Segmenter
+    from xkd_ros.segment_params import SegmentNodeConfig
+
+    max_range = SegmentNodeConfig().max_range or None  # the node's default
+    result: dict[str, Any] = {
+        "what": "per-stage latency of one scan through segment_node's per-frame path (bench/bench_stages.py)",
+        "date": now_utc(), "command": command_line(), "device": args.device,
+        "machine": machine_info(args.device),
+        "torch_threads": torch.get_num_threads(), "load_avg_start": load_average(), "scans": args.scans,
+        "warmup": args.warmup, "max_range_m": max_range, "rows": [], "skipped": [],
+    }
+    if args.scans < 200:
+        result["note"] = f"only {args.scans} scans per row: p99 is not meaningful (validation run)"
+    t_start = time.perf_counter()
+    pool, image, K, T = synthetic_pool(args.pool, args.seed)
+    result["image_hw"] = list(image.shape[:2])
+    with tempfile.TemporaryDirectory(prefix="xkd_bench_stages_") as tmp:
+        ckpt, result["checkpoint"] = resolve_checkpoint(args.checkpoint, Path(tmp))
+        for backend in args.backends:
+            for precision in args.precisions:
+                reason = skip_reason(args.device, backend, precision)
+                if reason is not None:
+                    result["skipped"].append({"backend": backend, "precision": precision, "reason": reason})
+                    print(f"skip {backend} {precision}: {reason}", flush=True)
+                    continue
+                seg = Segmenter.from_checkpoint(ckpt, device=args.device, fp16=precision == "fp16",
+                                                backend=backend, max_range=max_range, stage_timing=True)
+                resolved = seg.model.unet._sp.__name__.split(".")[0]
+                for points in args.sizes:
+                    row = measure_row(seg, pool, image, K, T, points, args.scans, args.warmup, args.seed)
+                    row.update(backend=resolved, requested_backend=backend, precision=precision,
+                               load_avg=load_average())
+                    result["rows"].append(row)
+                    st = row["stages_ms"]
+                    print(f"{args.device} {resolved} {precision} {points:>7} pts: total p50 "
+                          f"{st['total']['p50']:8.1f} p99 {st['total']['p99']:8.1f} ms | "
+                          + " ".join(f"{k} {st[k]['p50']:.1f}" for k in STAGES), flush=True)
+                del seg
+    result["load_avg_end"] = load_average()
+    result["wall_s"] = round(time.perf_counter() - t_start, 1)
+    write_json(out, result)
+    print(f"wrote {out}")
+    plot_path = args.plot or str(IMAGES / f"stage_latency_{args.device}.png")
+    if plot_path != "none" and result["rows"]:
+        print(f"wrote {plot(result, Path(plot_path))}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
