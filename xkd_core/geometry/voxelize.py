@@ -68,8 +68,9 @@ def voxelize(xyz: Tensor, batch: Tensor, voxel_size: float, batch_size: int | No
         none = torch.zeros(0, dtype=torch.int64, device=device)
         return Voxels(torch.zeros((0, 4), dtype=torch.int32, device=device), none, none, none,
                       xyz.new_zeros((batch_size, 3)), [1, 1, 1], int(batch_size), float(voxel_size))
-    # Host syncs stall a GPU pipeline, so the checks read their values together: one sync for the
-    # batch ids (before anything is scattered by them), one for the grid shape and finiteness.
+    # Host syncs stall a GPU pipeline, so the checks read their values together: one sync for a
+    # single sample; for a batch, one for the batch ids (before anything is scattered by them) and
+    # one for the grid shape and finiteness.
     if batch_size != 1:
         ids = torch.stack(torch.aminmax(batch)).tolist()
         if batch_size is None:
