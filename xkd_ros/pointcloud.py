@@ -81,6 +81,7 @@ XYZL_DTYPE = np.dtype(
 )
 
 _HOST_BIG = sys.byteorder == "big"
+_MAX_POINT_STEP = 2**31 - 1  # the largest structured itemsize numpy accepts
 
 
 def _label_rgb_table() -> np.ndarray:
@@ -111,6 +112,8 @@ def fields_to_dtype(fields: Sequence[Any], point_step: int, is_bigendian: bool) 
     point_step = int(point_step)
     if point_step <= 0:
         raise CloudFormatError("bad_point_step", f"point_step must be > 0, got {point_step}")
+    if point_step > _MAX_POINT_STEP:  # numpy itemsizes are C ints: it would raise its own ValueError
+        raise CloudFormatError("bad_point_step", f"point_step {point_step} exceeds {_MAX_POINT_STEP} bytes")
     order = ">" if is_bigendian else "<"
     names: list[str] = []
     formats: list[Any] = []
