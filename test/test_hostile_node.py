@@ -608,3 +608,56 @@ def test_bad_checkpoint_refused_at_start(tmp_path: Path, checkpoints: dict, kind
     lines = [line for line in result.stderr.splitlines() if "refusing to start" in line]
     assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
     assert "parameter 'checkpoint'" in lines[0] and str(path) in lines[0] and words in lines[0], lines[0]
+
+
+# ----------------------------------------------------------------------------- the net under the checks
+
+
+def test_unforeseen_exception_in_a_callback_is_contained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capfd: pytest.CaptureFixture) -> None:
+    """An exception no check foresaw (here: forced inside the decoders) must not escape a subscription
+    callback -- in rclpy that stops the executor, i.e. the node. It is counted and logged, and the
+    next message is handled normally. (In-process node: the failure is injected with monkeypatch.)"""
+    import rclpy
+
+    from xkd_ros import segment_node
+    from xkd_ros.node_process import ros_args
+
+    ckpt = tiny_checkpoint(tmp_path / "tiny.pt")
+    params = write_overrides(tmp_path / "params.yaml", {"checkpoint": str(ckpt), "device": "cpu",
+                                                        "cpu_threads": 1, "fuse_camera": True})
+    context = rclpy.Context()
+    rclpy.init(args=["test"], context=context)
+    node = segment_node.SegmentNode(context=context, cli_args=ros_args([params]))
+    published: list[Any] = []
+    node.cloud_pub = type("Capture", (), {"publish": staticmethod(published.append)})()
+    try:
+        def boom(msg: Any) -> Any:
+            raise RuntimeError("decoder bug")
+
+        stamp, points = 7 * S, synthetic_scan(1)
+        cloud = to_rclpy_cloud(rclpy_header(stamp, "velodyne"), xyzi_array(points))
+        info, image = camera_msgs(stamp, synthetic_image(1))
+        with monkeypatch.context() as m:
+            for name in ("cloud_to_xyzi", "image_to_rgb", "camera_info_to_model"):
+                m.setattr(segment_node, name, boom)
+            node._on_camera_info(info)
+            node._on_image(image)
+            node._on_cloud(cloud)
+        counts = node.stats.snapshot().counts
+        assert counts["skipped.callback_error"] == 1 and counts["callback_error.image"] == 1
+        assert counts["callback_error.camera_info"] == 1 and node.slot.take(timeout=0) is None
+        err = capfd.readouterr().err
+        assert "[skipped.callback_error] unexpected RuntimeError handling a cloud on /velodyne_points: " \
+               "decoder bug" in err and "[callback_error.image]" in err
+
+        node._on_cloud(to_rclpy_cloud(rclpy_header(stamp + S // 10, "velodyne"), xyzi_array(points)))
+        node._process(node.slot.take(timeout=0))
+        torch.set_num_threads(1)
+        ref = Segmenter.from_checkpoint(ckpt, "cpu", fuse=True, max_range=100.0).segment(points)
+        assert len(published) == 1 and header_ns(published[0].header) == stamp + S // 10
+        np.testing.assert_array_equal(cloud_view(published[0]).reshape(-1)["label"], ref.labels)
+    finally:
+        node.close()
+        node.destroy_node()
+        context.try_shutdown()

@@ -20,6 +20,10 @@ synchronizers reset themselves), a stamp more than 10 s ahead of the node's cloc
 without the camera and counted (`stamp.future`). A refused CameraInfo invalidates the calibration
 until a good one arrives: frames are segmented without the image meanwhile (`camera_info.unusable`).
 
+An exception that escapes a subscription callback anyway (a case no check foresaw) is caught,
+counted (`skipped.callback_error`, `callback_error.image`, `callback_error.camera_info`) and logged
+as an error, instead of stopping the executor.
+
 Diagnostics (`/diagnostics`, status `<node>: segmentation`): `latency_p50_ms` / `latency_p99_ms` /
 `latency_max_ms` (cloud callback entered -> labeled cloud published, last 1000 frames),
 `input_rate_hz` / `output_rate_hz` (last 5 s), `frames_in`, `frames_out`, `dropped` (replaced while
@@ -365,7 +369,27 @@ class SegmentNode(Node):
             logger = self.get_logger()
             (logger.error if error else logger.warning)(line)
 
+    def _guarded(self, what: str, key: str, handler: Callable[[Any], None], msg: Any) -> None:
+        """Run a subscription callback so that nothing escapes it: an exception there would stop the
+        executor, i.e. the node. Every refusal has its own reason; this is the net under them."""
+        try:
+            handler(msg)
+        except Exception as exc:  # noqa: BLE001 - one bad message must not kill the node
+            self.stats.count(key)
+            self._warn(key, f"unexpected {type(exc).__name__} handling {what}: {exc}; message dropped "
+                            "(please report: it should have been refused with a reason)", error=True)
+
     def _on_cloud(self, msg: PointCloud2) -> None:
+        self._guarded(f"a cloud on {self.cfg.topics.cloud_in}", "skipped.callback_error", self._cloud, msg)
+
+    def _on_image(self, msg: Image) -> None:
+        self._guarded(f"an image on {self.cfg.topics.image_in}", "callback_error.image", self._image, msg)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._guarded(f"camera info on {self.cfg.topics.camera_info_in}", "callback_error.camera_info",
+                      self._camera_info, msg)
+
+    def _cloud(self, msg: PointCloud2) -> None:
         received = time.monotonic()
         self.stats.frame_in()
         topic = self.cfg.topics.cloud_in
@@ -455,7 +479,7 @@ class SegmentNode(Node):
         if self.slot.put(frame):
             self.stats.count("dropped")
 
-    def _on_image(self, msg: Image) -> None:
+    def _image(self, msg: Image) -> None:
         self._last_image_time = time.monotonic()
         try:
             rgb = image_to_rgb(msg)
@@ -475,7 +499,7 @@ class SegmentNode(Node):
         elif self.synchronizer is not None:
             self.synchronizer.add(1, stamp, camera)
 
-    def _on_camera_info(self, msg: CameraInfo) -> None:
+    def _camera_info(self, msg: CameraInfo) -> None:
         try:
             model = camera_info_to_model(msg)
         except CameraInfoError as exc:
