@@ -32,6 +32,7 @@ setup(
             "xkd-synth = xkd_core.synth.cli:main",
             "xkd-train = xkd_core.training.cli:main",
             "xkd-eval = xkd_core.evaluation.cli:main",
+            "xkd-export = xkd_core.models.export:main",
             "xkd-kitti2bag = xkd_ros.kitti2bag:main",
             "xkd-bag-eval = xkd_ros.bag_eval:main",
             "xkd-demo = xkd_ros.demo:main",

@@ -223,6 +223,33 @@ def test_resume_refuses_a_checkpoint_without_training_state(baseline_run, tmp_pa
         Trainer(cfg, resume=bare, progress=False)
 
 
+def test_export_drops_training_state_and_keeps_the_model(baseline_run, tmp_path: Path) -> None:
+    from xkd_core.models.checkpoint import CheckpointError, export_checkpoint
+    from xkd_core.models.export import main as export_main
+
+    cfg, _, out = baseline_run
+    dst = tmp_path / "deploy" / "model.pt"
+    assert export_main(["--checkpoint", str(out / "last.pt"), "--out", str(dst),
+                        "--description", "tiny test model"]) == 0
+    full, slim = load_checkpoint(out / "last.pt"), load_checkpoint(dst)
+    assert "train_state" in full and "train_state" not in slim
+    assert slim["description"] == "tiny test model" and slim["step"] == full["step"]
+    assert slim["train_config"] == full["train_config"] and slim["class_names"] == full["class_names"]
+    assert dst.stat().st_size < (out / "last.pt").stat().st_size
+    assert_same(model_from_checkpoint(dst)[0].state_dict(),
+                model_from_checkpoint(out / "last.pt")[0].state_dict())
+    with pytest.raises(ValueError, match="no training state"):  # a deployment file cannot resume
+        Trainer(cfg, resume=dst, progress=False)
+
+    broken = load_checkpoint(out / "last.pt")
+    broken["model"].pop(next(iter(broken["model"])))
+    torch.save(broken, tmp_path / "broken.pt")
+    with pytest.raises(CheckpointError, match="weights do not fit"):
+        export_checkpoint(tmp_path / "broken.pt", tmp_path / "never.pt")
+    assert not (tmp_path / "never.pt").exists()
+    assert export_main(["--checkpoint", str(tmp_path / "missing.pt"), "--out", str(tmp_path / "x.pt")]) == 2
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

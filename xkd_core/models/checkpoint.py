@@ -83,6 +83,11 @@ def save_checkpoint(
         "class_names": list(CLASS_NAMES[: cfg.num_classes]),
         **extra,
     }
+    return _atomic_save(ckpt, path)
+
+
+def _atomic_save(ckpt: dict[str, Any], path: Path) -> Path:
+    """torch.save into a temporary file beside `path`, fsync, then rename: never a torn file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -95,6 +100,28 @@ def save_checkpoint(
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+#: What an exported (deployment) checkpoint keeps besides the reserved keys: provenance, not state.
+EXPORT_KEYS = ("train_config", "step", "description")
+
+
+def export_checkpoint(src: str | Path, dst: str | Path, description: str = "") -> Path:
+    """Write `src` without its training state (optimizer, scheduler, scaler, RNG: ~2/3 of a
+    training checkpoint) for the node and evaluation; weights, config, class map, the training
+    config and step stay. `description` (e.g. what data it saw) is stored for `xkd-eval` / the node
+    to report. The weights are checked to fit the config before anything is written."""
+    ckpt = load_checkpoint(src)
+    cfg, _ = config_from_checkpoint(ckpt, src)
+    try:
+        model = XModelKD.from_config(replace(cfg, image_pretrained="none"))
+        model.load_state_dict(ckpt["model"], strict=True)
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"checkpoint {src}: weights do not fit the stored config: {exc}") from exc
+    out = {k: ckpt[k] for k in (*_RESERVED, *EXPORT_KEYS) if k in ckpt}
+    if description:
+        out["description"] = description
+    return _atomic_save(out, Path(dst))
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
