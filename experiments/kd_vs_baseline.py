@@ -6,8 +6,10 @@
 Stages (each skips work whose output already exists, so an interrupted run resumes):
   synth   one data set per world (`xkd-synth`, sequences 00 = train, 01 = val, each from its own
           derived seed), worlds differing only in `appearance_intensity_gap`;
-  train   `xkd-train` of both `synth_small` presets per world and seed, same steps, data and budget,
-          `--jobs` processes at once with `--threads` torch threads each;
+  train   `xkd-train` of both `synth_small` presets per setting and seed, same steps, data and budget,
+          `--jobs` processes at once with `--threads` torch threads each; a setting is a world and
+          a label fraction (`--label-fractions`: 1.0 = every training point labeled, 0.1 = a fixed
+          10% of each scan's points, the rest ignore -- weak supervision, `data.label_fraction`);
   eval    `xkd-eval` of each last.pt on the val sequence: 3D branch only, and (xModel-KD) fused in the
           camera frustum;
   report  mean / spread of mIoU and per-class IoU -> `--out` JSON and markdown tables on stdout.
@@ -63,25 +65,33 @@ def stage_synth(args: argparse.Namespace) -> None:
              "--appearance-intensity-gap", str(gap), "--quiet"], None, args.threads)
 
 
-def run_dir(args: argparse.Namespace, world: str, method: str, seed: int) -> Path:
-    return args.runs / world / method / f"seed{seed}"
+def settings(args: argparse.Namespace) -> list[tuple[str, str, float, float]]:
+    """(key, world, gap, label fraction) of every setting; the key names its runs folder."""
+    return [(w if f >= 1.0 else f"{w}-labels{f:g}", w, gap, f)
+            for w, gap in args.worlds for f in args.label_fractions]
 
 
-def train_cmd(args: argparse.Namespace, world: str, method: str, seed: int) -> list[str]:
+def run_dir(args: argparse.Namespace, key: str, method: str, seed: int) -> Path:
+    return args.runs / key / method / f"seed{seed}"
+
+
+def train_cmd(args: argparse.Namespace, key: str, method: str, seed: int) -> list[str]:
+    _, world, _, fraction = next(s for s in settings(args) if s[0] == key)
     return [str(BIN / "xkd-train"), "--config", f"config/train/{method}.yaml", "--preset", "synth_small",
             "--set", f"data.root={args.data / world}", "--set", f"seed={seed}",
+            "--set", f"data.label_fraction={fraction}",
             "--set", f"optim.steps={args.steps}", "--set", "val_every=100000",
-            "--set", f"ckpt_every={args.steps}", "--set", f"out_dir={run_dir(args, world, method, seed)}",
+            "--set", f"ckpt_every={args.steps}", "--set", f"out_dir={run_dir(args, key, method, seed)}",
             "--no-progress"]
 
 
 def stage_train(args: argparse.Namespace) -> None:
-    jobs = [(w, m, s) for w, _ in args.worlds for s in args.seeds for m in METHODS
-            if not (run_dir(args, w, m, s) / "last.pt").is_file()]
+    jobs = [(k, m, s) for k, *_ in settings(args) for s in args.seeds for m in METHODS
+            if not (run_dir(args, k, m, s) / "last.pt").is_file()]
 
     def one(job: tuple[str, str, int]) -> None:
-        w, m, s = job
-        run(train_cmd(args, w, m, s), run_dir(args, w, m, s) / "train.log", args.threads)
+        k, m, s = job
+        run(train_cmd(args, k, m, s), run_dir(args, k, m, s) / "train.log", args.threads)
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(one, jobs))
@@ -94,10 +104,10 @@ def eval_dirs(method: str) -> dict[str, bool]:
 
 def stage_eval(args: argparse.Namespace) -> None:
     jobs = []
-    for w, _ in args.worlds:
+    for k, w, _, _ in settings(args):
         for m in METHODS:
             for s in args.seeds:
-                rd = run_dir(args, w, m, s)
+                rd = run_dir(args, k, m, s)
                 for sub, fuse in eval_dirs(m).items():
                     if (rd / "last.pt").is_file() and not (rd / sub / "metrics.json").is_file():
                         jobs.append((w, rd, sub, fuse))
@@ -130,12 +140,13 @@ def collect(args: argparse.Namespace) -> dict:
     """Per world and method: metrics over seeds (rows: 3D full, 3D frustum, fused frustum)."""
     out: dict = {"steps": args.steps, "seeds": list(args.seeds), "scans_per_sequence": args.scans,
                  "worlds": {}}
-    for w, gap in args.worlds:
-        world: dict = {"appearance_intensity_gap": gap, "methods": {}}
+    for k, w, gap, fraction in settings(args):
+        world: dict = {"world": w, "appearance_intensity_gap": gap, "label_fraction": fraction,
+                       "methods": {}}
         for m in METHODS:
             rows: dict[str, dict] = {}
             for sub in eval_dirs(m):
-                metrics = [json.loads((run_dir(args, w, m, s) / sub / "metrics.json").read_text())
+                metrics = [json.loads((run_dir(args, k, m, s) / sub / "metrics.json").read_text())
                            for s in args.seeds]
                 for part in ("full", "frustum"):
                     if sub == "evalfused" and part == "full":
@@ -144,9 +155,9 @@ def collect(args: argparse.Namespace) -> dict:
                     rows[key] = {"miou": mean_sd([d[part]["miou"] for d in metrics]),
                                  "iou": {c: mean_sd([d[part]["per_class_iou"][c] or 0.0 for d in metrics])
                                          for c in FOCUS}}
-            sps = [seconds_per_step(run_dir(args, w, m, s) / "log.jsonl") for s in args.seeds]
+            sps = [seconds_per_step(run_dir(args, k, m, s) / "log.jsonl") for s in args.seeds]
             world["methods"][m] = {"rows": rows, "s_per_step": statistics.fmean(sps)}
-        out["worlds"][w] = world
+        out["worlds"][k] = world
     return out
 
 
@@ -154,20 +165,35 @@ def fmt(ms: dict[str, float]) -> str:
     return f"{ms['mean']:.1f} ± {ms['sd']:.1f}"
 
 
+def gap(row: dict, ref: dict) -> str:
+    """Difference of means against the baseline row, ± its standard error (sd_a^2/n_a + sd_b^2/n_b)^0.5."""
+    a, b = row["miou"], ref["miou"]
+    se = (a["sd"] ** 2 / len(a["values"]) + b["sd"] ** 2 / len(b["values"])) ** 0.5
+    return f"{a['mean'] - b['mean']:+.1f} ± {se:.1f}"
+
+
 def markdown(res: dict) -> str:
     """The tables of docs/results.md."""
-    lines: list[str] = []
+    first = next(iter(res["worlds"].values()))["methods"]  # the paper's comparison: dense labels, 3D only
+    lines = [f"<!-- miou baseline={first['baseline_lidar']['rows']['3d_full']['miou']['mean']:.1f} "
+             f"xmodel_kd={first['xmodel_kd']['rows']['3d_full']['miou']['mean']:.1f} "
+             f"seeds={len(res['seeds'])} -->", ""]
     labels = {"3d_full": "3D branch, full scan", "3d_frustum": "3D branch, camera frustum",
               "fused_frustum": "fused (camera), camera frustum"}
     for w, world in res["worlds"].items():
-        lines += [f"### World `{w}` (appearance_intensity_gap = {world['appearance_intensity_gap']})", "",
-                  "| method | inference | mIoU (mean ± sd) | per seed | " + " | ".join(FOCUS) + " |",
-                  "|---|---|---|---|" + "---|" * len(FOCUS)]
+        lines += [f"### `{w}`: world `{world['world']}` (appearance_intensity_gap = "
+                  f"{world['appearance_intensity_gap']}), labeled fraction of training points "
+                  f"{world['label_fraction']:g}", "",
+                  "| method | inference | mIoU (mean ± sd) | per seed | vs baseline (± se) | "
+                  + " | ".join(FOCUS) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(FOCUS)]
+        base = world["methods"]["baseline_lidar"]["rows"]
         for m, data in world["methods"].items():
             for key, row in data["rows"].items():
                 seeds = ", ".join(f"{v:.1f}" for v in row["miou"]["values"])
                 cls = " | ".join(f"{row['iou'][c]['mean']:.1f}" for c in FOCUS)
-                lines.append(f"| {m} | {labels[key]} | {fmt(row['miou'])} | {seeds} | {cls} |")
+                vs = "-" if m == "baseline_lidar" else gap(row, base["3d_" + key.split("_")[1]])
+                lines.append(f"| {m} | {labels[key]} | {fmt(row['miou'])} | {seeds} | {vs} | {cls} |")
         lines.append("")
         lines.append("Seconds per training step: " + ", ".join(
             f"{m} {d['s_per_step']:.2f} s" for m, d in world["methods"].items()))
@@ -180,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--stage", choices=("synth", "train", "eval", "report", "all"), default="all")
     p.add_argument("--worlds", nargs="+", type=parse_world, default=[("gap005", 0.05), ("gap0", 0.0)],
                    help="NAME:GAP (appearance_intensity_gap of the world)")
+    p.add_argument("--label-fractions", nargs="+", type=float, default=[1.0, 0.1],
+                   help="data.label_fraction of the training runs (1.0 = dense labels)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--scans", type=int, default=60, help="frames per synthetic sequence")

@@ -1,0 +1,49 @@
+"""experiments/kd_vs_baseline.py: the report maths of docs/results.md on hand-made run folders."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from experiments import kd_vs_baseline as exp
+
+
+def write_run(rd: Path, sub: str, full: float, frustum: float, parking: float) -> None:
+    """A finished run folder: metrics of one evaluation and a training log with two windows."""
+    (rd / sub).mkdir(parents=True, exist_ok=True)
+    part = {"per_class_iou": {c: (parking if c == "parking" else 0.5) for c in exp.FOCUS}}
+    (rd / sub / "metrics.json").write_text(json.dumps({"full": {"miou": full, **part},
+                                                       "frustum": {"miou": frustum, **part}}))
+    (rd / "log.jsonl").write_text(json.dumps({"perf/s_per_step": 9.0}) + "\n"  # start-up window: left out
+                                  + json.dumps({"perf/s_per_step": 0.5}) + "\n")
+
+
+def test_report_means_spread_and_gap(tmp_path: Path) -> None:
+    args = argparse.Namespace(
+        worlds=[("w", 0.05)], label_fractions=[1.0, 0.1], seeds=[0, 1, 2], steps=10, scans=5,
+        runs=tmp_path, data=tmp_path)
+    assert [k for k, *_ in exp.settings(args)] == ["w", "w-labels0.1"]
+    base_full, kd_full, kd_fused = [0.30, 0.36, 0.33], [0.33, 0.40, 0.35], [0.60, 0.62, 0.64]
+    for key, _, _, _ in exp.settings(args):
+        for s in args.seeds:
+            write_run(exp.run_dir(args, key, "baseline_lidar", s), "eval3d", base_full[s], 0.2, 0.0)
+            write_run(exp.run_dir(args, key, "xmodel_kd", s), "eval3d", kd_full[s], 0.25, 0.1)
+            write_run(exp.run_dir(args, key, "xmodel_kd", s), "evalfused", kd_full[s], kd_fused[s], 0.8)
+    res = exp.collect(args)
+    rows = res["worlds"]["w-labels0.1"]["methods"]["xmodel_kd"]["rows"]
+    assert set(rows) == {"3d_full", "3d_frustum", "fused_frustum"}  # no fused row for the full scan
+    assert rows["3d_full"]["miou"]["mean"] == pytest.approx(100 * statistics.fmean(kd_full))
+    assert rows["3d_full"]["miou"]["sd"] == pytest.approx(100 * statistics.stdev(kd_full))
+    assert rows["fused_frustum"]["iou"]["parking"]["mean"] == pytest.approx(80.0)
+    assert res["worlds"]["w"]["methods"]["baseline_lidar"]["s_per_step"] == pytest.approx(0.5)
+    assert res["worlds"]["w-labels0.1"]["label_fraction"] == 0.1
+
+    md = exp.markdown(res)
+    assert md.splitlines()[0] == "<!-- miou baseline=33.0 xmodel_kd=36.0 seeds=3 -->"
+    se = ((100 * statistics.stdev(kd_full)) ** 2 / 3 + (100 * statistics.stdev(base_full)) ** 2 / 3) ** 0.5
+    assert f"| +3.0 ± {se:.1f} |" in md  # 3D full scan against the baseline's full scan
+    assert "| +42.0 ± " in md  # fused frustum (62.0) against the baseline's 3D frustum (20.0)
