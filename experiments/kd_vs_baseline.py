@@ -65,6 +65,19 @@ def stage_synth(args: argparse.Namespace) -> None:
              "--appearance-intensity-gap", str(gap), "--quiet"], None, args.threads)
 
 
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """`name:key=value,key=value`: xModel-KD with these `--set` overrides, reported as its own method."""
+    name, _, sets = text.partition(":")
+    if not name or not sets or any("=" not in kv for kv in sets.split(",")):
+        raise argparse.ArgumentTypeError(f"variant must be NAME:KEY=VALUE[,KEY=VALUE...], got {text!r}")
+    return name, sets.split(",")
+
+
+def methods(args: argparse.Namespace) -> list[str]:
+    """The baseline, xModel-KD as its preset says, and one `xmodel_kd+NAME` per `--variants` entry."""
+    return [*METHODS, *(f"xmodel_kd+{name}" for name, _ in getattr(args, "variants", []))]
+
+
 def settings(args: argparse.Namespace) -> list[tuple[str, str, float, float]]:
     """(key, world, gap, label fraction) of every setting; the key names its runs folder."""
     return [(w if f >= 1.0 else f"{w}-labels{f:g}", w, gap, f)
@@ -77,7 +90,11 @@ def run_dir(args: argparse.Namespace, key: str, method: str, seed: int) -> Path:
 
 def train_cmd(args: argparse.Namespace, key: str, method: str, seed: int) -> list[str]:
     _, world, _, fraction = next(s for s in settings(args) if s[0] == key)
-    return [str(BIN / "xkd-train"), "--config", f"config/train/{method}.yaml", "--preset", "synth_small",
+    config, _, variant = method.partition("+")
+    extra = [a for name, sets in getattr(args, "variants", []) if name == variant for kv in sets
+             for a in ("--set", kv)]
+    return [str(BIN / "xkd-train"), "--config", f"config/train/{config}.yaml", "--preset", "synth_small",
+            *extra,
             "--set", f"data.root={args.data / world}", "--set", f"seed={seed}",
             "--set", f"data.label_fraction={fraction}",
             "--set", f"optim.steps={args.steps}", "--set", "val_every=100000",
@@ -86,7 +103,7 @@ def train_cmd(args: argparse.Namespace, key: str, method: str, seed: int) -> lis
 
 
 def stage_train(args: argparse.Namespace) -> None:
-    jobs = [(k, m, s) for k, *_ in settings(args) for s in args.seeds for m in METHODS
+    jobs = [(k, m, s) for k, *_ in settings(args) for s in args.seeds for m in methods(args)
             if not (run_dir(args, k, m, s) / "last.pt").is_file()]
 
     def one(job: tuple[str, str, int]) -> None:
@@ -99,13 +116,13 @@ def stage_train(args: argparse.Namespace) -> None:
 
 def eval_dirs(method: str) -> dict[str, bool]:
     """Evaluation folder -> whether it fuses the camera."""
-    return {"eval3d": False, "evalfused": True} if method == "xmodel_kd" else {"eval3d": False}
+    return {"eval3d": False, "evalfused": True} if method.startswith("xmodel_kd") else {"eval3d": False}
 
 
 def stage_eval(args: argparse.Namespace) -> None:
     jobs = []
     for k, w, _, _ in settings(args):
-        for m in METHODS:
+        for m in methods(args):
             for s in args.seeds:
                 rd = run_dir(args, k, m, s)
                 for sub, fuse in eval_dirs(m).items():
@@ -143,7 +160,7 @@ def collect(args: argparse.Namespace) -> dict:
     for k, w, gap, fraction in settings(args):
         world: dict = {"world": w, "appearance_intensity_gap": gap, "label_fraction": fraction,
                        "methods": {}}
-        for m in METHODS:
+        for m in methods(args):
             rows: dict[str, dict] = {}
             for sub in eval_dirs(m):
                 metrics = [json.loads((run_dir(args, k, m, s) / sub / "metrics.json").read_text())
@@ -208,6 +225,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="NAME:GAP (appearance_intensity_gap of the world)")
     p.add_argument("--label-fractions", nargs="+", type=float, default=[1.0, 0.1],
                    help="data.label_fraction of the training runs (1.0 = dense labels)")
+    p.add_argument("--variants", nargs="*", type=parse_variant, default=[],
+                   help="NAME:KEY=VALUE,...: xModel-KD with these overrides, as method xmodel_kd+NAME")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--scans", type=int, default=60, help="frames per synthetic sequence")

@@ -47,3 +47,17 @@ def test_report_means_spread_and_gap(tmp_path: Path) -> None:
     se = ((100 * statistics.stdev(kd_full)) ** 2 / 3 + (100 * statistics.stdev(base_full)) ** 2 / 3) ** 0.5
     assert f"| +3.0 ± {se:.1f} |" in md  # 3D full scan against the baseline's full scan
     assert "| +42.0 ± " in md  # fused frustum (62.0) against the baseline's 3D frustum (20.0)
+
+
+def test_variant_is_its_own_method_with_its_overrides(tmp_path: Path) -> None:
+    variant = exp.parse_variant("kdall:model.kd_average=all")
+    args = argparse.Namespace(worlds=[("w", 0.0)], label_fractions=[1.0], seeds=[0], steps=10, scans=5,
+                              runs=tmp_path, data=tmp_path, variants=[variant])
+    assert exp.methods(args) == ["baseline_lidar", "xmodel_kd", "xmodel_kd+kdall"]
+    cmd = exp.train_cmd(args, "w", "xmodel_kd+kdall", 0)
+    assert "config/train/xmodel_kd.yaml" in cmd and cmd[cmd.index("model.kd_average=all") - 1] == "--set"
+    assert "model.kd_average=all" not in exp.train_cmd(args, "w", "xmodel_kd", 0)
+    assert f"out_dir={tmp_path / 'w' / 'xmodel_kd+kdall' / 'seed0'}" in cmd
+    assert exp.eval_dirs("xmodel_kd+kdall") == {"eval3d": False, "evalfused": True}
+    with pytest.raises(argparse.ArgumentTypeError):
+        exp.parse_variant("kdall:model.kd_average")

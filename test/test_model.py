@@ -153,6 +153,19 @@ def test_fused_head_can_be_kept_off_the_3d_features():
     assert all(g is None or g.abs().sum() == 0 for g in grads[True])
 
 
+def test_kd_averaged_over_all_points_weighs_each_point_like_the_cross_entropy():
+    batch = _batch(7)
+    terms = {}
+    for average in ("paired", "all"):
+        torch.manual_seed(0)
+        model = XModelKD(tiny_config(kd_average=average)).train()
+        out = model(batch)
+        terms[average] = model.loss(out, batch)["kd"]
+    paired, total = out["fused_point"].shape[0], batch.points.shape[0]
+    assert 0 < paired < total  # some points have no pixel
+    torch.testing.assert_close(terms["all"], terms["paired"] * paired / total)
+
+
 def test_sample_at_pixels_reads_the_right_place_in_every_image():
     H, W, h, w = 33, 65, 9, 17
     jj, ii = torch.meshgrid(torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32),
@@ -218,5 +231,7 @@ def test_model_config_is_validated_with_named_fields():
         from_dict(ModelConfig, {"kd_teacher": "lidar"})
     with pytest.raises(ConfigError, match="nce_negatives"):
         from_dict(ModelConfig, {"nce_negatives": "same_class"})
+    with pytest.raises(ConfigError, match="kd_average"):
+        from_dict(ModelConfig, {"kd_average": "frustum"})
     with pytest.raises(ConfigError, match="w2d"):
         from_dict(ModelConfig, {"w2d": -1.0})

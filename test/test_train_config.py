@@ -16,6 +16,7 @@ BASE = CONFIGS / "baseline_lidar.yaml"
 CAMERA_ONLY = {
     "use_camera", "image_backbone", "image_pretrained", "image_out_indices", "fpn_dim", "embed_dim",
     "scales", "fusion_hidden", "w2d", "w_fused", "wc", "wkd", "tau", "kd_T", "kd_teacher", "max_pairs",
+    "nce_negatives", "fused_detach_3d", "kd_average",
 }
 
 

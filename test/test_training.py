@@ -236,6 +236,7 @@ def test_export_drops_training_state_and_keeps_the_model(baseline_run, tmp_path:
     assert slim["description"] == "tiny test model" and slim["step"] == full["step"]
     assert slim["train_config"] == full["train_config"] and slim["class_names"] == full["class_names"]
     assert dst.stat().st_size < (out / "last.pt").stat().st_size
+    assert dst.stat().st_mode & 0o777 == 0o644  # readable by the user the node runs as
     assert_same(model_from_checkpoint(dst)[0].state_dict(),
                 model_from_checkpoint(out / "last.pt")[0].state_dict())
     with pytest.raises(ValueError, match="no training state"):  # a deployment file cannot resume

@@ -63,6 +63,9 @@ class ModelConfig:
     # two road points are not pushed apart for lying on different pixels of the same grey asphalt)
     nce_negatives: Literal["all", "other_class"] = "all"
     fused_detach_3d: bool = False  # True: the fused head's CE does not reach the 3D features
+    # KL averaged over the paired points ("paired") or over all points of the batch ("all": a point
+    # weighs as much in the KL as in the 3D cross-entropy, however few points the camera sees)
+    kd_average: Literal["paired", "all"] = "paired"
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -96,6 +99,8 @@ class ModelConfig:
              f"kd_teacher must be 'fused' or '2d', got {self.kd_teacher!r}")
         need(self.nce_negatives in ("all", "other_class"),
              f"nce_negatives must be 'all' or 'other_class', got {self.nce_negatives!r}")
+        need(self.kd_average in ("paired", "all"),
+             f"kd_average must be 'paired' or 'all', got {self.kd_average!r}")
         depth = len(self.unet_channels) - 1
         for i, pair in enumerate(self.scales):
             need(len(pair) == 2, f"scales[{i}] must be [3d level, fpn level], got {pair}")
@@ -234,6 +239,8 @@ class XModelKD(nn.Module):
             else:
                 teacher = scatter_mean(logits_2d_pairs, pair_index, fused_point.shape[0])
             terms["kd"] = kd_kl(logits_3d[fused_point], teacher, cfg.kd_T)
+            if cfg.kd_average == "all":
+                terms["kd"] = terms["kd"] * (fused_point.shape[0] / logits_3d.shape[0])
             total = (total + cfg.w2d * terms["ce_2d"] + cfg.w_fused * terms["ce_fused"]
                      + cfg.wc * terms["contrastive"] + cfg.wkd * terms["kd"])
         terms["total"] = total
