@@ -113,12 +113,7 @@ def export_checkpoint(src: str | Path, dst: str | Path, description: str = "") -
     config and step stay. `description` (e.g. what data it saw) is stored for `xkd-eval` / the node
     to report. The weights are checked to fit the config before anything is written."""
     ckpt = load_checkpoint(src)
-    cfg, _ = config_from_checkpoint(ckpt, src)
-    try:
-        model = XModelKD.from_config(replace(cfg, image_pretrained="none"))
-        model.load_state_dict(ckpt["model"], strict=True)
-    except (RuntimeError, ValueError) as exc:
-        raise CheckpointError(f"checkpoint {src}: weights do not fit the stored config: {exc}") from exc
+    _model_from_loaded(ckpt, src)
     out = {k: ckpt[k] for k in (*_RESERVED, *EXPORT_KEYS) if k in ckpt}
     if description:
         out["description"] = description
@@ -172,7 +167,13 @@ def model_from_checkpoint(
     The image backbone is built without pretrained weights (the checkpoint holds them), so a
     checkpoint trained from a local weights file loads on a machine without that file.
     """
-    ckpt = load_checkpoint(path, map_location="cpu")
+    return _model_from_loaded(load_checkpoint(path, map_location="cpu"), path, device, backend)
+
+
+def _model_from_loaded(
+    ckpt: dict[str, Any], path: str | Path, device: str | torch.device = "cpu", backend: str | None = None
+) -> tuple[XModelKD, ModelConfig, tuple[int, int] | None]:
+    """The model of an already loaded checkpoint, weights loaded strictly (a mismatch names the file)."""
     cfg, hw = config_from_checkpoint(ckpt, path)
     cfg = replace(cfg, image_pretrained="none", backend=backend or cfg.backend)
     try:
