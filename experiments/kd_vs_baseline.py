@@ -75,7 +75,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
 
 def methods(args: argparse.Namespace) -> list[str]:
     """The baseline, xModel-KD as its preset says, and one `xmodel_kd+NAME` per `--variants` entry."""
-    return [*METHODS, *(f"xmodel_kd+{name}" for name, _ in getattr(args, "variants", []))]
+    return [*METHODS, *(f"xmodel_kd+{name}" for name, _ in args.variants)]
 
 
 def settings(args: argparse.Namespace) -> list[tuple[str, str, float, float]]:
@@ -91,7 +91,7 @@ def run_dir(args: argparse.Namespace, key: str, method: str, seed: int) -> Path:
 def train_cmd(args: argparse.Namespace, key: str, method: str, seed: int) -> list[str]:
     _, world, _, fraction = next(s for s in settings(args) if s[0] == key)
     config, _, variant = method.partition("+")
-    extra = [a for name, sets in getattr(args, "variants", []) if name == variant for kv in sets
+    extra = [a for name, sets in args.variants if name == variant for kv in sets
              for a in ("--set", kv)]
     return [str(BIN / "xkd-train"), "--config", f"config/train/{config}.yaml", "--preset", "synth_small",
             *extra,
@@ -182,7 +182,7 @@ def fmt(ms: dict[str, float]) -> str:
     return f"{ms['mean']:.1f} ± {ms['sd']:.1f}"
 
 
-def gap(row: dict, ref: dict) -> str:
+def vs_baseline(row: dict, ref: dict) -> str:
     """Difference of means against the baseline row, ± its standard error (sd_a^2/n_a + sd_b^2/n_b)^0.5."""
     a, b = row["miou"], ref["miou"]
     se = (a["sd"] ** 2 / len(a["values"]) + b["sd"] ** 2 / len(b["values"])) ** 0.5
@@ -209,7 +209,7 @@ def markdown(res: dict) -> str:
             for key, row in data["rows"].items():
                 seeds = ", ".join(f"{v:.1f}" for v in row["miou"]["values"])
                 cls = " | ".join(f"{row['iou'][c]['mean']:.1f}" for c in FOCUS)
-                vs = "-" if m == "baseline_lidar" else gap(row, base["3d_" + key.split("_")[1]])
+                vs = "-" if m == "baseline_lidar" else vs_baseline(row, base["3d_" + key.split("_")[1]])
                 lines.append(f"| {m} | {labels[key]} | {fmt(row['miou'])} | {seeds} | {vs} | {cls} |")
         lines.append("")
         lines.append("Seconds per training step: " + ", ".join(

@@ -25,7 +25,7 @@ def write_run(rd: Path, sub: str, full: float, frustum: float, parking: float) -
 def test_report_means_spread_and_gap(tmp_path: Path) -> None:
     args = argparse.Namespace(
         worlds=[("w", 0.05)], label_fractions=[1.0, 0.1], seeds=[0, 1, 2], steps=10, scans=5,
-        runs=tmp_path, data=tmp_path)
+        runs=tmp_path, data=tmp_path, variants=[])
     assert [k for k, *_ in exp.settings(args)] == ["w", "w-labels0.1"]
     base_full, kd_full, kd_fused = [0.30, 0.36, 0.33], [0.33, 0.40, 0.35], [0.60, 0.62, 0.64]
     for key, _, _, _ in exp.settings(args):
