@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ def skip_reason(device: str, backend: str, precision: str) -> str | None:
     if backend == "spconv_triton" and device != "cuda":
         return "spconv-triton has no CPU path"
     try:
-        get_spconv(backend)  # type: ignore[arg-type]
+        get_spconv(backend, device)  # type: ignore[arg-type]
     except ImportError as exc:
         return str(exc).splitlines()[0]
     return None
@@ -228,11 +229,23 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     result["skipped"].append({"backend": backend, "precision": precision, "reason": reason})
                     print(f"skip {backend} {precision}: {reason}", flush=True)
                     continue
-                seg = Segmenter.from_checkpoint(ckpt, device=args.device, fp16=precision == "fp16",
-                                                backend=backend, max_range=max_range, stage_timing=True)
-                resolved = seg.model.unet._sp.__name__.split(".")[0]
+                try:
+                    seg = Segmenter.from_checkpoint(ckpt, device=args.device, fp16=precision == "fp16",
+                                                    backend=backend, max_range=max_range, stage_timing=True)
+                except Exception as exc:  # recorded; the other rows still run (one device call, many rows)
+                    traceback.print_exc()
+                    result.setdefault("failed", []).append({"backend": backend, "precision": precision,
+                                                            "error": repr(exc)[:2000]})
+                    continue
+                resolved = seg.model.unet.spconv.__name__.split(".")[0]
                 for points in args.sizes:
-                    row = measure_row(seg, pool, image, K, T, points, args.scans, args.warmup, args.seed)
+                    try:
+                        row = measure_row(seg, pool, image, K, T, points, args.scans, args.warmup, args.seed)
+                    except Exception as exc:
+                        traceback.print_exc()
+                        result.setdefault("failed", []).append({"backend": backend, "precision": precision,
+                                                                "points": points, "error": repr(exc)[:2000]})
+                        continue
                     row.update(backend=resolved, requested_backend=backend, precision=precision,
                                load_avg=load_average())
                     result["rows"].append(row)
@@ -248,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     plot_path = args.plot or str(IMAGES / f"stage_latency_{args.device}.png")
     if plot_path != "none" and result["rows"]:
         print(f"wrote {plot(result, Path(plot_path))}")
+    if result.get("failed"):
+        raise SystemExit(1)
     return result
 
 

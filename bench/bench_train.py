@@ -166,8 +166,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                    args.device, "--steps", str(args.steps), "--warmup-steps", str(args.warmup_steps),
                    "--threads", str(args.threads)]
             proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-            if proc.returncode != 0:
-                raise RuntimeError(f"bench_train row {config} {preset} failed:\n{proc.stderr[-3000:]}")
+            if proc.returncode != 0:  # recorded, and the other rows still run (one device call, many rows)
+                result.setdefault("failed", []).append({"config": config, "preset": preset,
+                                                        "stderr_tail": proc.stderr[-3000:]})
+                print(f"FAILED {config} {preset}:\n{proc.stderr[-3000:]}", flush=True)
+                continue
             row = json.loads(proc.stdout.strip().splitlines()[-1])
             result["rows"].append(row)
             print(f"{args.device} {preset:>13} {config:>9}: {row['scans_per_s']:.2f} scans/s, "
@@ -177,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result["load_avg_end"] = load_average()
     write_json(out, result)
     print(f"wrote {out}")
+    if result.get("failed"):
+        raise SystemExit(1)
     return result
 
 

@@ -121,3 +121,40 @@ def test_inverse_conv_returns_to_the_encoder_sites():
     y = up(down(x))
     assert torch.equal(y.indices, x.indices)
     torch.testing.assert_close(y.features.shape, feats.shape)
+
+
+def test_auto_takes_spconv_triton_only_for_a_cuda_device(monkeypatch):
+    from xkd_core.models import sparse_backend
+
+    monkeypatch.setattr(sparse_backend, "_triton_usable", lambda: True)
+    assert sparse_backend.resolve_backend("auto", "cuda:0") == "spconv_triton"
+    assert sparse_backend.resolve_backend("auto", "cpu") == "spconv"
+    assert sparse_backend.resolve_backend("spconv", "cuda") == "spconv"
+    monkeypatch.setattr(sparse_backend, "_triton_usable", lambda: False)
+    assert sparse_backend.resolve_backend("auto", "cuda") == "spconv"
+
+
+def test_for_device_rebuilds_with_the_same_weights_when_the_library_differs(monkeypatch):
+    """A CPU-built model whose layers come from another library than the target device's is rebuilt."""
+    from xkd_core.models import xmodel_kd
+    from xkd_core.models.xmodel_kd import ModelConfig, XModelKD
+
+    torch.manual_seed(0)
+    cfg = ModelConfig(num_classes=5, use_camera=False, unet_channels=[4, 8, 8], unet_decoder_channels=[4, 8])
+    model = XModelKD(cfg).eval()
+    assert model.for_device("cpu") is model  # same library: moved, not rebuilt
+    # the device's library differs from the one the layers came from (as spconv -> spconv-triton)
+    monkeypatch.setattr(xmodel_kd, "get_spconv", lambda backend, device: object())
+    copy = model.for_device("cpu")
+    assert copy is not model and copy.cfg is cfg and not copy.training
+    ref, new = model.state_dict(), copy.state_dict()
+    assert ref.keys() == new.keys() and all(torch.equal(ref[k], new[k]) for k in ref)
+
+
+def test_cpu_only_spconv_is_refused_for_cuda_with_a_clear_error(monkeypatch):
+    from xkd_core.models import sparse_backend
+
+    monkeypatch.setattr(sparse_backend, "_cpu_only_build", lambda: True)
+    with pytest.raises(ImportError, match="CPU-only wheel"):
+        sparse_backend.get_spconv("spconv", "cuda")
+    assert sparse_backend.get_spconv("spconv", "cpu").__name__ == "spconv.pytorch"

@@ -49,7 +49,7 @@ class Segmenter:
         if cfg.use_camera and fuse and image_hw is None:
             raise ValueError("fuse=True needs the network image size image_hw")
         self.device = _resolve_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = model.for_device(self.device).eval()
         self.cfg = cfg
         self.image_hw = None if image_hw is None else (int(image_hw[0]), int(image_hw[1]))
         self.fp16 = bool(fp16) and self.device.type == "cuda"  # autocast only where it pays

@@ -62,16 +62,27 @@ def _triton_usable() -> bool:
     return True
 
 
-def get_spconv(backend: Backend = "auto") -> ModuleType:
-    """The `spconv.pytorch`-compatible module for `backend`.
+def resolve_backend(backend: Backend, device: torch.device | str | None = None) -> str:
+    """The concrete backend "auto" stands for on `device` (None: the CUDA device if there is one).
 
-    "auto" takes spconv-triton only when it is importable and CUDA is available (it has no CPU
-    path), else spconv. Asking for a backend that cannot be imported is an error naming it.
+    spconv-triton only where the network runs on a CUDA device and the package imports (it has no
+    CPU path); spconv everywhere else. So a machine with both (the CPU wheel for tests and tools,
+    spconv-triton for the GPU) runs a CPU model with spconv and a CUDA model with spconv-triton.
     """
     if backend not in BACKENDS:
         raise ValueError(f"sparse backend must be one of {list(BACKENDS)}, got {backend!r}")
-    if backend == "auto":
-        backend = "spconv_triton" if _triton_usable() else "spconv"
+    if backend != "auto":
+        return backend
+    on_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
+    return "spconv_triton" if on_cuda and _triton_usable() else "spconv"
+
+
+def get_spconv(backend: Backend = "auto", device: torch.device | str | None = None) -> ModuleType:
+    """The `spconv.pytorch`-compatible module for `backend` on `device` (see `resolve_backend`).
+
+    Asking for a backend that cannot be imported is an error naming it.
+    """
+    backend = resolve_backend(backend, device)  # type: ignore[assignment]
     if backend == "spconv_triton":
         try:
             return importlib.import_module("spconv_triton.pytorch")
@@ -85,8 +96,19 @@ def get_spconv(backend: Backend = "auto") -> ModuleType:
     except ImportError as exc:
         raise ImportError("sparse backend 'spconv' requested but spconv is not installed "
                           "(pip install spconv or spconv-cuXXX)") from exc
+    if device is not None and torch.device(device).type == "cuda" and _cpu_only_build():
+        raise ImportError("sparse backend 'spconv' cannot run on CUDA: the installed spconv is the "
+                          "CPU-only wheel (pip install spconv-cuXXX, or spconv-triton)")
     install_cpu_backward_shim()
     return module
+
+
+def _cpu_only_build() -> bool:
+    """Whether the installed spconv is the CPU wheel (its CUDA kernels are missing)."""
+    try:
+        return bool(importlib.import_module("spconv.cppconstants").CPU_ONLY_BUILD)
+    except (ImportError, AttributeError):
+        return False
 
 
 def conv_algo(spconv: ModuleType, device: torch.device | str) -> Any:

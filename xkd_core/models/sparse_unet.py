@@ -65,9 +65,9 @@ class SparseUNet(nn.Module):
                              f"len(channels) - 1, got {list(channels)} / {list(decoder_channels)}")
         if blocks < 1 or min(channels) < 1 or min(decoder_channels) < 1:
             raise ValueError("SparseUNet: blocks and channel counts must be >= 1")
-        sp = get_spconv(backend)
-        self._sp = sp
         device = torch.device(device) if device is not None else torch.device("cpu")
+        sp = get_spconv(backend, device)
+        self._sp = sp
         self._algo_device = device.type
         algo = conv_algo(sp, device)
         self.depth = depth
@@ -105,6 +105,11 @@ class SparseUNet(nn.Module):
             blocks_s += [ResidualBlock(sp, cout, cout, f"subm{s}", algo) for _ in range(blocks - 1)]
             self.dec.append(nn.ModuleList(blocks_s))
             cin = cout
+
+    @property
+    def spconv(self) -> ModuleType:
+        """The `spconv.pytorch`-compatible module the layers come from."""
+        return self._sp
 
     def forward(self, features: Tensor, coords: Tensor, spatial_shape: Sequence[int],
                 batch_size: int) -> list[Any]:

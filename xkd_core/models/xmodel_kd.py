@@ -9,7 +9,7 @@ baseline. Inference runs the 3D branch alone unless fusion is asked for.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -22,7 +22,7 @@ from xkd_core.geometry.voxelize import scatter_mean, voxelize
 from xkd_core.losses import cross_entropy, info_nce, kd_kl, lovasz_softmax
 from xkd_core.models.heads import FusionHead, PointHead, ProjectionHead
 from xkd_core.models.image_net import ImageNet, sample_at_pixels
-from xkd_core.models.sparse_backend import BACKENDS, Backend
+from xkd_core.models.sparse_backend import BACKENDS, Backend, get_spconv
 from xkd_core.models.sparse_unet import SparseUNet, point_rows_at_level
 
 #: Point input of the point branch: x, y, z, intensity and the offset to the voxel centre (in voxels).
@@ -132,6 +132,21 @@ class XModelKD(nn.Module):
     def from_config(cls, cfg: ModelConfig, device: torch.device | str | None = None) -> XModelKD:
         """Build the model (random init; image weights as `cfg.image_pretrained` says)."""
         return cls(cfg, device)
+
+    def for_device(self, device: torch.device | str) -> XModelKD:
+        """This model on `device`: moved, or rebuilt with the same weights where the sparse library differs.
+
+        Why: with `backend: auto` a model built for the CPU holds spconv layers, and on a machine
+        that also has spconv-triton its CUDA copy must hold spconv-triton layers (the CPU wheel has
+        no CUDA kernels). Both store weights alike, so the state dict carries over unchanged.
+        """
+        device = torch.device(device)
+        if get_spconv(self.cfg.backend, device) is self.unet.spconv:
+            return self.to(device)
+        model = XModelKD(replace(self.cfg, image_pretrained="none"), device)
+        model.cfg = self.cfg
+        model.load_state_dict(self.state_dict(), strict=True)
+        return model.to(device).train(self.training)
 
     # ------------------------------------------------------------------------------------- forward
 
