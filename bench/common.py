@@ -60,6 +60,9 @@ def machine_info(device: str = "cpu") -> dict[str, Any]:
         info["gpu"] = props.name
         info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
         info["cuda"] = torch.version.cuda
+        from xkd_core.models.sparse_backend import AUTOTUNE_ENV
+
+        info["spconv_triton_autotune"] = os.environ.get(AUTOTUNE_ENV, "full")  # candidates per kernel
     return info
 
 

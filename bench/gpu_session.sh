@@ -15,7 +15,12 @@ mkdir -p "$OUT"
 LOG="$OUT/gpu_session.log"
 START=$(date +%s)
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST RMW_IMPLEMENTATION=rmw_fastrtps_cpp
-export TRITON_CACHE_DIR=/tmp/xkd_triton_cache
+export TRITON_CACHE_DIR=/tmp/xkd_triton_cache TRITON_PRINT_AUTOTUNING=1
+# spconv-triton's full autotune sweep compiles ~38 tile variants per kernel key (~2 s each): on
+# 2026-11-29 it did not finish the first fp32 scans in 6 minutes of an empty cache. A device call
+# keeps 1 candidate (no benchmarking, one compile per key) unless told otherwise; the setting is
+# recorded in each results file (machine.spconv_triton_autotune).
+export XKD_SPCONV_TRITON_AUTOTUNE=${XKD_SPCONV_TRITON_AUTOTUNE:-1}
 PY=${PY:-python3}
 
 left() { echo $((DEADLINE - ($(date +%s) - START))); }

@@ -158,3 +158,26 @@ def test_cpu_only_spconv_is_refused_for_cuda_with_a_clear_error(monkeypatch):
     with pytest.raises(ImportError, match="CPU-only wheel"):
         sparse_backend.get_spconv("spconv", "cuda")
     assert sparse_backend.get_spconv("spconv", "cpu").__name__ == "spconv.pytorch"
+
+
+def test_limit_triton_autotune_trims_every_spconv_triton_autotuner(monkeypatch):
+    import sys
+    import types
+
+    from xkd_core.models import sparse_backend
+
+    class Autotuner:  # stands in for triton.runtime.autotuner.Autotuner (same name, a configs list)
+        def __init__(self, n: int) -> None:
+            self.configs = list(range(n))
+
+    gemm, other = types.ModuleType("spconv_triton.fake_gemm"), types.ModuleType("elsewhere.kernels")
+    gemm.k1, gemm.k2, gemm.one = Autotuner(38), Autotuner(10), Autotuner(1)
+    other.k = Autotuner(38)
+    monkeypatch.setitem(sys.modules, gemm.__name__, gemm)
+    monkeypatch.setitem(sys.modules, other.__name__, other)
+    assert sparse_backend.limit_triton_autotune("full") == 0 and len(gemm.k1.configs) == 38
+    assert sparse_backend.limit_triton_autotune("3") == 2
+    assert (gemm.k1.configs, gemm.k2.configs, gemm.one.configs) == ([0, 1, 2], [0, 1, 2], [0])
+    assert len(other.k.configs) == 38  # only spconv-triton's kernels are touched
+    with pytest.raises(ValueError, match="XKD_SPCONV_TRITON_AUTOTUNE"):
+        sparse_backend.limit_triton_autotune("fast")

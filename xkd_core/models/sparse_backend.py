@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import os
+import sys
 from types import ModuleType
 from typing import Any, Literal
 
@@ -85,12 +87,14 @@ def get_spconv(backend: Backend = "auto", device: torch.device | str | None = No
     backend = resolve_backend(backend, device)  # type: ignore[assignment]
     if backend == "spconv_triton":
         try:
-            return importlib.import_module("spconv_triton.pytorch")
+            module = importlib.import_module("spconv_triton.pytorch")
         except ImportError as exc:
             raise ImportError(
                 "sparse backend 'spconv_triton' requested but the package is not installed "
                 "(pip install spconv-triton; it needs a CUDA/ROCm GPU)"
             ) from exc
+        limit_triton_autotune(os.environ.get(AUTOTUNE_ENV, "full"))
+        return module
     try:
         module = importlib.import_module("spconv.pytorch")
     except ImportError as exc:
@@ -101,6 +105,48 @@ def get_spconv(backend: Backend = "auto", device: torch.device | str | None = No
                           "CPU-only wheel (pip install spconv-cuXXX, or spconv-triton)")
     install_cpu_backward_shim()
     return module
+
+
+_TRITON_KERNEL_MODULES = ("spconv_triton.pytorch._impl.gemm", "spconv_triton.pytorch._impl.pair_kernels",
+                          "spconv_triton.pytorch._impl.pool")
+#: How many of spconv-triton's autotune candidates each kernel tries: "full" (all), or N (the first N).
+AUTOTUNE_ENV = "XKD_SPCONV_TRITON_AUTOTUNE"
+
+
+def limit_triton_autotune(setting: str) -> int:
+    """Keep only the first N autotune candidates of every spconv-triton kernel; returns how many
+    kernels were trimmed.
+
+    Why: spconv-triton autotunes each sparse-convolution kernel per (kernel volume, channels, dtype)
+    over up to ~38 tile configurations, each a Triton compile of ~2 s. On a fresh machine (empty
+    Triton cache) the synth_small UNet's first fp32 scans were still autotuning after 6 minutes
+    (H200, 2026-11-29, docs/performance.md). N = 1 makes Triton skip benchmarking altogether (one
+    compile per key, the package's first, general-purpose tile); "full" leaves the package alone.
+    The choice is cached on disk (TRITON_CACHE_DIR), so a full sweep is paid once per machine.
+    """
+    if setting == "full":
+        return 0
+    try:
+        keep = int(setting)
+    except ValueError:
+        keep = 0
+    if keep < 1:
+        raise ValueError(f"{AUTOTUNE_ENV} must be 'full' or a count >= 1, got {setting!r}")
+    for kernels in _TRITON_KERNEL_MODULES:  # they may be imported lazily: load them before trimming
+        try:
+            importlib.import_module(kernels)
+        except ImportError:
+            pass
+    trimmed = 0
+    for name, mod in list(sys.modules.items()):
+        if not name.startswith("spconv_triton") or mod is None:
+            continue
+        for obj in list(vars(mod).values()):
+            configs = getattr(obj, "configs", None)
+            if type(obj).__name__ == "Autotuner" and isinstance(configs, list) and len(configs) > keep:
+                obj.configs = configs[:keep]
+                trimmed += 1
+    return trimmed
 
 
 def _cpu_only_build() -> bool:
