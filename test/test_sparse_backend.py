@@ -132,6 +132,9 @@ def test_auto_takes_spconv_triton_only_for_a_cuda_device(monkeypatch):
     assert sparse_backend.resolve_backend("spconv", "cuda") == "spconv"
     monkeypatch.setattr(sparse_backend, "_triton_usable", lambda: False)
     assert sparse_backend.resolve_backend("auto", "cuda") == "spconv"
+    # spconv-triton alone (a GPU-only install): CPU models are still built, with spconv-triton
+    monkeypatch.setattr(sparse_backend, "_importable", lambda name: name.startswith("spconv_triton"))
+    assert sparse_backend.resolve_backend("auto", "cpu") == "spconv_triton"
 
 
 def test_for_device_rebuilds_with_the_same_weights_when_the_library_differs(monkeypatch):

@@ -55,28 +55,36 @@ def install_cpu_backward_shim() -> bool:
 
 
 def _triton_usable() -> bool:
-    if not torch.cuda.is_available():
-        return False
-    try:
-        importlib.import_module("spconv_triton.pytorch")
-    except ImportError:
-        return False
-    return True
+    return torch.cuda.is_available() and _importable("spconv_triton.pytorch")
 
 
 def resolve_backend(backend: Backend, device: torch.device | str | None = None) -> str:
     """The concrete backend "auto" stands for on `device` (None: the CUDA device if there is one).
 
-    spconv-triton only where the network runs on a CUDA device and the package imports (it has no
-    CPU path); spconv everywhere else. So a machine with both (the CPU wheel for tests and tools,
-    spconv-triton for the GPU) runs a CPU model with spconv and a CUDA model with spconv-triton.
+    spconv-triton where the network runs on a CUDA device and the package imports; spconv
+    everywhere else. So a machine with both (the CPU wheel for tests and tools, spconv-triton for
+    the GPU) runs a CPU model with spconv and a CUDA model with spconv-triton. A machine with
+    spconv-triton alone still builds CPU models with it (it has no CPU path, but loading, exporting
+    and moving a checkpoint to the GPU need no forward on the CPU).
     """
     if backend not in BACKENDS:
         raise ValueError(f"sparse backend must be one of {list(BACKENDS)}, got {backend!r}")
     if backend != "auto":
         return backend
     on_cuda = torch.cuda.is_available() if device is None else torch.device(device).type == "cuda"
-    return "spconv_triton" if on_cuda and _triton_usable() else "spconv"
+    if on_cuda:
+        return "spconv_triton" if _triton_usable() else "spconv"
+    if not _importable("spconv.pytorch") and _importable("spconv_triton.pytorch"):
+        return "spconv_triton"
+    return "spconv"
+
+
+def _importable(module: str) -> bool:
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
 
 
 def get_spconv(backend: Backend = "auto", device: torch.device | str | None = None) -> ModuleType:
