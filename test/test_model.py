@@ -166,6 +166,21 @@ def test_kd_averaged_over_all_points_weighs_each_point_like_the_cross_entropy():
     torch.testing.assert_close(terms["all"], terms["paired"] * paired / total)
 
 
+def test_kd_ramp_scales_only_the_distillation_term():
+    batch = _batch(8)
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(kd_ramp_steps=40, wkd=2.0)).train()
+    assert [model.kd_scale(s) for s in (0, 10, 40, 400)] == [0.0, 0.25, 1.0, 1.0]
+    assert XModelKD(tiny_config()).kd_scale(0) == 1.0  # no ramp: full weight from the first step
+    out = model(batch)
+    full, quarter = model.loss(out, batch), model.loss(out, batch, kd_scale=0.25)
+    assert full["kd"].item() > 0
+    torch.testing.assert_close(quarter["kd"], full["kd"])  # the logged term is the unweighted KL
+    torch.testing.assert_close(full["total"] - quarter["total"], 0.75 * 2.0 * full["kd"])
+    with pytest.raises(ValueError, match="kd_ramp_steps"):
+        tiny_config(kd_ramp_steps=-1)
+
+
 def test_sample_at_pixels_reads_the_right_place_in_every_image():
     H, W, h, w = 33, 65, 9, 17
     jj, ii = torch.meshgrid(torch.arange(w, dtype=torch.float32), torch.arange(h, dtype=torch.float32),

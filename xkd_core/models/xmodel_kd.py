@@ -66,6 +66,9 @@ class ModelConfig:
     # KL averaged over the paired points ("paired") or over all points of the batch ("all": a point
     # weighs as much in the KL as in the 3D cross-entropy, however few points the camera sees)
     kd_average: Literal["paired", "all"] = "paired"
+    # KD weight ramped linearly from 0 to wkd over the first N optimizer steps (0: full weight from
+    # the start). The fused teacher learns alongside its student and predicts noise at first.
+    kd_ramp_steps: int = 0
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -93,6 +96,7 @@ class ModelConfig:
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("w_lovasz", "w2d", "w_fused", "wc", "wkd"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        need(self.kd_ramp_steps >= 0, f"kd_ramp_steps must be >= 0, got {self.kd_ramp_steps}")
         need(self.tau > 0, f"tau must be > 0, got {self.tau}")
         need(self.kd_T > 0, f"kd_T must be > 0, got {self.kd_T}")
         need(self.kd_teacher in ("fused", "2d"),
@@ -219,9 +223,15 @@ class XModelKD(nn.Module):
 
     # ---------------------------------------------------------------------------------------- loss
 
-    def loss(self, out: dict[str, Any], batch: Batch) -> dict[str, Tensor]:
+    def kd_scale(self, step: int) -> float:
+        """Factor on `wkd` at optimizer step `step` (0-based): the `kd_ramp_steps` linear ramp."""
+        ramp = self.cfg.kd_ramp_steps
+        return 1.0 if ramp <= 0 else min(1.0, step / ramp)
+
+    def loss(self, out: dict[str, Any], batch: Batch, kd_scale: float = 1.0) -> dict[str, Tensor]:
         """All loss terms and `total` = ce_3d + w_lovasz lovasz_3d [+ w2d ce_2d + w_fused ce_fused
-        + wc contrastive + wkd kd when the camera branch ran]. Needs `batch.labels`."""
+        + wc contrastive + kd_scale wkd kd when the camera branch ran]. Needs `batch.labels`.
+        `terms["kd"]` is the unweighted KL, whatever the scale."""
         cfg = self.cfg
         if batch.labels is None:
             raise ValueError("XModelKD.loss: batch.labels is None (unlabelled samples cannot be trained on)")
@@ -257,7 +267,7 @@ class XModelKD(nn.Module):
             if cfg.kd_average == "all":
                 terms["kd"] = terms["kd"] * (fused_point.shape[0] / logits_3d.shape[0])
             total = (total + cfg.w2d * terms["ce_2d"] + cfg.w_fused * terms["ce_fused"]
-                     + cfg.wc * terms["contrastive"] + cfg.wkd * terms["kd"])
+                     + cfg.wc * terms["contrastive"] + kd_scale * cfg.wkd * terms["kd"])
         terms["total"] = total
         return terms
 

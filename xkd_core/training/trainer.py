@@ -251,7 +251,7 @@ class Trainer:
         net = self.ddp if self.ddp is not None else self.model
         with self._autocast():
             out = net(batch)
-            losses = self.model.loss(out, batch)
+            losses = self.model.loss(out, batch, kd_scale=self.model.kd_scale(self.step))
         loss = losses["total"]
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
