@@ -47,6 +47,21 @@ def test_report_means_spread_and_gap(tmp_path: Path) -> None:
     se = ((100 * statistics.stdev(kd_full)) ** 2 / 3 + (100 * statistics.stdev(base_full)) ** 2 / 3) ** 0.5
     assert f"| +3.0 ± {se:.1f} |" in md  # 3D full scan against the baseline's full scan
     assert "| +42.0 ± " in md  # fused frustum (62.0) against the baseline's 3D frustum (20.0)
+    diffs = [100 * (k - b) for k, b in zip(kd_full, base_full)]  # paired by seed: 3, 4, 2
+    assert f"| +3.0 ± {se:.1f} | +3.0 ± {statistics.stdev(diffs) / 3 ** 0.5:.1f} |" in md
+
+
+def test_methods_filter_keeps_the_baseline(tmp_path: Path) -> None:
+    args = argparse.Namespace(worlds=[("w", 0.0)], label_fractions=[1.0], seeds=[0], steps=10, scans=5,
+                              runs=tmp_path, data=tmp_path, variants=[exp.parse_variant("kdall:model.wc=0")],
+                              methods=["baseline_lidar", "xmodel_kd+kdall"])
+    assert exp.methods(args) == ["baseline_lidar", "xmodel_kd+kdall"]
+    args.methods = ["xmodel_kd+kdall"]
+    with pytest.raises(SystemExit, match="baseline_lidar"):
+        exp.methods(args)
+    args.methods = ["baseline_lidar", "xmodel_kd+nope"]
+    with pytest.raises(SystemExit, match="unknown"):
+        exp.methods(args)
 
 
 def test_variant_is_its_own_method_with_its_overrides(tmp_path: Path) -> None:
