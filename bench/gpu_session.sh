@@ -4,8 +4,13 @@
 #
 # Run there from the repository root: bash bench/gpu_session.sh [DEADLINE_S]
 # Expects the Python 3.12 wheels that machine lacks in .whl/ (ROS 2 Kilted rclpy + Fast DDS,
-# rosbags, spconv-triton, and the spconv CPU wheel so CPU references run beside the GPU):
-# see docs/performance.md "GPU figures". Each step has its own time cap inside DEADLINE_S (default
+# rosbags, spconv-triton, and the spconv CPU wheel so CPU references run beside the GPU), ~54 MB:
+#   pip download --only-binary=:all: --python-version 3.12 --implementation cp \
+#     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl \
+#     -r <requirements.txt without torch/numpy/opencv/timm/...> spconv-triton spconv==2.3.8 ...
+# then delete what the image has (torch, nvidia-*, triton, numpy, ...) and lark_parser/portalocker;
+# empy has no wheel: `pip wheel empy==4.2.1` first. docs/performance.md, "GPU session of 2026-11-29".
+# Each step has its own time cap inside DEADLINE_S (default
 # 560 s) and a failing step does not stop the others; everything the steps write (bench/results,
 # docs/img, logs) is packed into $OUT/gpu_results.tar.gz, the log into $OUT/gpu_session.log.
 set -u
