@@ -101,7 +101,7 @@ def get_spconv(backend: Backend = "auto", device: torch.device | str | None = No
                 "sparse backend 'spconv_triton' requested but the package is not installed "
                 "(pip install spconv-triton; it needs a CUDA/ROCm GPU)"
             ) from exc
-        limit_triton_autotune(os.environ.get(AUTOTUNE_ENV, "full"))
+        _limit_triton_autotune_once(os.environ.get(AUTOTUNE_ENV, "full"))
         return module
     try:
         module = importlib.import_module("spconv.pytorch")
@@ -155,6 +155,13 @@ def limit_triton_autotune(setting: str) -> int:
                 obj.configs = configs[:keep]
                 trimmed += 1
     return trimmed
+
+
+@functools.cache
+def _limit_triton_autotune_once(setting: str) -> int:
+    """`limit_triton_autotune` once per setting: every model build asks for the backend, the trim is
+    idempotent, and it walks every loaded module."""
+    return limit_triton_autotune(setting)
 
 
 def _cpu_only_build() -> bool:
