@@ -90,6 +90,13 @@ def skip_reason(device: str, backend: str, precision: str) -> str | None:
     return None
 
 
+def record_failure(result: dict[str, Any], exc: Exception, **where: Any) -> None:
+    """A row that failed is recorded with where it failed; the other rows still run (one device
+    call, many rows) and the script exits non-zero at the end."""
+    traceback.print_exc()
+    result.setdefault("failed", []).append({**where, "error": repr(exc)[:2000]})
+
+
 def measure_row(seg: Any, pool: list[np.ndarray], image: np.ndarray, K: np.ndarray, T: np.ndarray,
                 points: int, scans: int, warmup: int, seed: int) -> dict[str, Any]:
     """Stage timings of `scans` scans of `points` points (after `warmup` untimed ones)."""
@@ -232,19 +239,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 try:
                     seg = Segmenter.from_checkpoint(ckpt, device=args.device, fp16=precision == "fp16",
                                                     backend=backend, max_range=max_range, stage_timing=True)
-                except Exception as exc:  # recorded; the other rows still run (one device call, many rows)
-                    traceback.print_exc()
-                    result.setdefault("failed", []).append({"backend": backend, "precision": precision,
-                                                            "error": repr(exc)[:2000]})
+                except Exception as exc:
+                    record_failure(result, exc, backend=backend, precision=precision)
                     continue
                 resolved = seg.model.unet.spconv.__name__.split(".")[0]
                 for points in args.sizes:
                     try:
                         row = measure_row(seg, pool, image, K, T, points, args.scans, args.warmup, args.seed)
                     except Exception as exc:
-                        traceback.print_exc()
-                        result.setdefault("failed", []).append({"backend": backend, "precision": precision,
-                                                                "points": points, "error": repr(exc)[:2000]})
+                        record_failure(result, exc, backend=backend, precision=precision, points=points)
                         continue
                     row.update(backend=resolved, requested_backend=backend, precision=precision,
                                load_avg=load_average())
