@@ -36,11 +36,13 @@ if __package__ in (None, ""):  # run as a script (python bench/bench_node.py): m
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (  # noqa: E402
     command_line,
+    fastdds_profile,
     load_average,
     machine_info,
     now_utc,
     random_checkpoint,
     resize_cloud,
+    set_fastdds_profile,
     write_json,
 )
 
@@ -174,9 +176,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--checkpoint", default=None, help="default: the shipped model, else a random-init one")
     p.add_argument("--input-qos", default="reliable", choices=["reliable", "best_effort"])
     p.add_argument("--frames", type=int, default=10, help="distinct synthetic frames, cycled")
+    p.add_argument("--fastdds-profile", default="shipped",
+                   help="'shipped' (config/fastdds_large_clouds.xml, as segment.launch.py sets it), "
+                        "'none' (Fast DDS defaults) or an XML path; for the node and this stream")
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     rates = args.rates or [args.rate]
+    profile = fastdds_profile(args.fastdds_profile)
+    set_fastdds_profile(os.environ, profile)  # before rclpy.init; the node's process inherits it
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -194,7 +201,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "what": "segment_node end to end, synthetic 64-beam LiDAR + 620x188 camera stream",
         "date": now_utc(), "command": command_line(), "machine": machine_info(args.device),
         "device": args.device,
-        "node_threads": args.threads, "input_qos": args.input_qos, "image_hw": list(images[0].shape[:2]),
+        "node_threads": args.threads, "input_qos": args.input_qos,
+        "fastdds_profile": args.fastdds_profile if profile is None else profile.name,
+        "image_hw": list(images[0].shape[:2]),
         "seconds": args.seconds, "warmup_s": args.warmup, "load_avg_start": load_average(), "rows": [],
     }
     with tempfile.TemporaryDirectory(prefix="xkd_bench_node_") as tmp_dir:

@@ -12,6 +12,7 @@ import os
 import platform
 import sys
 import time
+from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,31 @@ IMAGES = REPO / "docs" / "img"
 SPCONV_WHEELS = ("spconv", "spconv-cu120", "spconv-cu121", "spconv-cu124", "spconv-cu126")
 #: Thread pools outside torch's control (numpy's BLAS runs the overlay's projection).
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+#: The Fast DDS profile segment.launch.py gives its processes (whole clouds through shared memory).
+FASTDDS_PROFILE = REPO / "config" / "fastdds_large_clouds.xml"
+#: Fast DDS 3 reads the first, Fast DDS 2 the second (launch/segment.launch.py sets both).
+FASTDDS_PROFILE_ENV = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+
+
+def fastdds_profile(arg: str) -> Path | None:
+    """`--fastdds-profile`: `shipped` (config/fastdds_large_clouds.xml), `none` (the middleware's
+    defaults) or a path."""
+    if arg == "none":
+        return None
+    path = FASTDDS_PROFILE if arg == "shipped" else Path(arg)
+    if not path.is_file():
+        raise FileNotFoundError(f"--fastdds-profile: no file {path}")
+    return path.resolve()
+
+
+def set_fastdds_profile(env: MutableMapping[str, str], profile: Path | None) -> None:
+    """Set the Fast DDS profile in `env` (e.g. `os.environ`, or a child's environment), or remove it
+    for `None`. It must be in place before `rclpy.init()` of every process it should apply to."""
+    for name in FASTDDS_PROFILE_ENV:
+        if profile is None:
+            env.pop(name, None)
+        else:
+            env[name] = str(profile)
 
 
 def _package_version(name: str) -> str | None:

@@ -178,7 +178,7 @@ def section_node(results: Path) -> str:
                          own])
         head = (f"**{device.upper()}**: {_context(data)}; {data.get('seconds')} s measured per row after "
                 f"{data.get('warmup_s', '?')} s of warm-up, input QoS {data.get('input_qos')}, checkpoint "
-                f"{data.get('checkpoint')}.")
+                f"{data.get('checkpoint')}, Fast DDS profile {data.get('fastdds_profile', 'none')}.")
         header = ["points", "rate", "published", "out", "drops", "output rate", "e2e p50 ms", "e2e p99 ms",
                   "e2e max ms", "node's own p50 / p99 ms"]
         out.append(head + "\n\n" + _table(header, rows))
@@ -271,6 +271,19 @@ def section_targets(results: Path) -> str:
     return _table(["target (SPEC section 6)", "measured", "verdict"], rows)
 
 
+def section_transport(results: Path) -> str:
+    data = _load(results, "transport.json")
+    if data is None:
+        return "Not run (`python -m bench.bench_transport`)."
+    rows = [[f"{r['points'] // 1000}k", _num(r["bytes"] / 2**20, " MiB"), r["profile"],
+             f"{r['received']}/{r['sent']}", *(_num(r["latency_ms"][q]) for q in ("p50", "p99", "max"))]
+            for r in data["rows"]]
+    head = (f"{_context(data)}; {data['rounds']} rounds of {data['messages_per_round']} clouds at "
+            f"{_num(data['rate_hz'], ' Hz')} per row, profiles interleaved; {data['rmw']}.")
+    header = ["points", "message", "profile", "received", "p50 ms", "p99 ms", "max ms"]
+    return head + "\n\n" + _table(header, rows)
+
+
 def section_ab(results: Path) -> str:
     data = _load(results, "ab_per_frame.json")
     if data is None:
@@ -284,7 +297,7 @@ def section_ab(results: Path) -> str:
 
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "run": section_run, "stages": section_stages, "pointcloud": section_pointcloud, "node": section_node,
-    "train": section_train, "targets": section_targets, "ab": section_ab,
+    "train": section_train, "targets": section_targets, "ab": section_ab, "transport": section_transport,
 }
 
 

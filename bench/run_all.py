@@ -3,7 +3,8 @@
 Run: .venv/bin/python -m bench.run_all [--quick] [--threads N] [--skip node train ...]
 
 Steps, each in its own process so that no benchmark inherits another's threads, caches or memory:
-PointCloud2 <-> numpy (`bench_pointcloud`), per-stage latency against scan size (`bench_stages`),
+PointCloud2 <-> numpy (`bench_pointcloud`), one DDS hop of a large cloud with and without the Fast DDS
+profile (`bench_transport`), per-stage latency against scan size (`bench_stages`),
 the node end to end at 10 and 20 Hz (`bench_node`, at the synthetic scan's ~128k points and at 30k,
 a size a 2-core CPU sustains), training throughput (`bench_train`), and `report`. On a machine
 with CUDA the GPU rows run too (spconv and spconv-triton, fp32 and fp16); without it the GPU
@@ -26,7 +27,7 @@ from typing import Any
 
 from bench.common import IMAGES, REPO, RESULTS, THREAD_ENV, load_average, now_utc, write_json
 
-STEPS = ("pointcloud", "stages", "node", "train")
+STEPS = ("pointcloud", "transport", "stages", "node", "train")
 
 
 def plan(quick: bool, threads: int, cuda: bool) -> list[tuple[str, list[str]]]:
@@ -39,6 +40,7 @@ def plan(quick: bool, threads: int, cuda: bool) -> list[tuple[str, list[str]]]:
                    "--precisions", "fp32", "fp16", *stages]
     steps = [
         ("pointcloud", ["bench.bench_pointcloud", "--reps", "200" if quick else "300"]),
+        ("transport", ["bench.bench_transport", *(["--messages", "20", "--rounds", "1"] if quick else [])]),
         ("stages", ["bench.bench_stages", "--device", "cpu", *stages, *t]),
         ("stages", cuda_stages),
         ("node", ["bench.bench_node", "--device", "cpu", "--rates", "10", "20", "--points", "0", "30000",
@@ -47,10 +49,10 @@ def plan(quick: bool, threads: int, cuda: bool) -> list[tuple[str, list[str]]]:
         ("train", ["bench.bench_train", "--device", "cuda", *train]),
     ]
     if cuda:  # the deployable size too (random weights: same cost), and the node on the GPU
-        steps.insert(3, ("stages", [*cuda_stages, "--checkpoint", "random-full", "--plot",
+        steps.insert(4, ("stages", [*cuda_stages, "--checkpoint", "random-full", "--plot",
                                     str(IMAGES / "stage_latency_cuda_full.png"),
                                     "--out", str(RESULTS / "stages_cuda_full.json")]))
-        steps.insert(5, ("node", ["bench.bench_node", "--device", "cuda", "--rates", "10", "20",
+        steps.insert(6, ("node", ["bench.bench_node", "--device", "cuda", "--rates", "10", "20",
                                   "--points", "0", *node, "--out", str(RESULTS / "node_cuda.json")]))
     return steps
 

@@ -2,12 +2,14 @@
 
 Starts `segment_node` with `config/segment.yaml` (or `params_file:=...`), remaps its four input /
 output topics, and optionally RViz with `rviz/xkd.rviz`. `checkpoint` and `use_camera` override the
-params file.
+params file. Its processes load the Fast DDS profile `config/fastdds_large_clouds.xml` (whole clouds
+through shared memory instead of 512 KiB fragments) unless `fastdds_profile:=` names another file,
+or is empty for the middleware's defaults; a profile already set in the environment is kept.
 """
 
-from launch.actions import DeclareLaunchArgument
-from launch.conditions import IfCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
+from launch.conditions import IfCondition, LaunchConfigurationNotEquals
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
@@ -15,6 +17,8 @@ from launch_ros.substitutions import FindPackageShare
 from launch import LaunchDescription
 
 PACKAGE = "xkd_ros"
+#: Fast DDS 3 reads the first, Fast DDS 2 (Humble, Jazzy) the second.
+FASTDDS_PROFILE_ENV = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 
 #: launch argument -> the node's default topic (config/segment.yaml `topics.*`) it remaps.
 TOPIC_REMAPS = {
@@ -41,6 +45,14 @@ def generate_launch_description() -> LaunchDescription:
         ),
         DeclareLaunchArgument(
             "use_rviz", default_value="false", description="also start RViz with rviz/xkd.rviz"
+        ),
+        DeclareLaunchArgument(
+            "fastdds_profile",
+            default_value=EnvironmentVariable(
+                FASTDDS_PROFILE_ENV[0],
+                default_value=PathJoinSubstitution([share, "config", "fastdds_large_clouds.xml"]),
+            ),
+            description="Fast DDS XML profile for the launched processes; empty = the middleware's defaults",
         ),
     ]
     arguments += [
@@ -71,4 +83,12 @@ def generate_launch_description() -> LaunchDescription:
         arguments=["-d", PathJoinSubstitution([share, "rviz", "xkd.rviz"])],
         condition=IfCondition(LaunchConfiguration("use_rviz")),
     )
-    return LaunchDescription([*arguments, segment_node, rviz])
+    profile = [
+        SetEnvironmentVariable(
+            name,
+            LaunchConfiguration("fastdds_profile"),
+            condition=LaunchConfigurationNotEquals("fastdds_profile", ""),
+        )
+        for name in FASTDDS_PROFILE_ENV
+    ]
+    return LaunchDescription([*arguments, *profile, segment_node, rviz])

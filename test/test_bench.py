@@ -42,6 +42,9 @@ stale
 <!-- bench:run -->
 <!-- /bench:run -->
 
+<!-- bench:transport -->
+<!-- /bench:transport -->
+
 Closing words.
 """
 
@@ -78,6 +81,10 @@ def _write_results(root: Path) -> None:
         "points": 120000, "machine": {"processor": "x86_64", "cpu_count": 2, "numpy": "2"}, "target_ms": 2.0,
         "results": {"decode_rclpy_kitti16": {"p50_ms": 0.15, "p99_ms": 0.26, "reps": 300},
                     "encode_rclpy_total": {"p50_ms": 1.9, "p99_ms": 2.4, "reps": 300}}}))
+    (root / "transport.json").write_text(json.dumps({
+        "machine": machine, "rounds": 2, "messages_per_round": 100, "rate_hz": 10.0, "rmw": "rmw_fastrtps",
+        "rows": [{"points": 127000, "bytes": 127000 * 16, "profile": p, "sent": 220, "received": 220,
+                  "latency_ms": _stats(p50, p50 * 2)} for p, p50 in (("none", 40.0), ("shipped", 14.0))]}))
     (root / "run_all.json").write_text(json.dumps({
         "mode": "quick", "started": "2026-11-25 09:00 UTC", "wall_s": 180.0, "cores": 2,
         "load_avg_start": [3.9, 3.0, 2.0], "load_avg_end": [4.1, 3.2, 2.1],
@@ -110,6 +117,9 @@ def test_report_renders_every_section_from_the_results_files(tmp_path):
     assert "| 128k | 10.0 Hz | 300 | 111 | 189 (63%) |" in text
     assert "**CPU**: not run (`python -m bench.bench_train --device cpu`)." in text
     assert "A quick validation run" in text
+    assert "Fast DDS profile none." in text  # a node results file from before the profile option
+    assert "| 127k | 1.94 MiB | none | 220/220 | 40.0 | 80.0 |" in text
+    assert "| 127k | 1.94 MiB | shipped | 220/220 | 14.0 | 28.0 |" in text
     assert report.main(["--results", str(tmp_path), "--doc", str(doc), "--check"]) == 0  # up to date now
 
 

@@ -75,7 +75,8 @@ def test_launch_arguments_remaps_and_parameters_match_the_node(launch_tree: ast.
     declared = {ast.literal_eval(c.args[0]) for c in calls(launch_tree, "DeclareLaunchArgument")
                 if c.args and isinstance(c.args[0], ast.Constant)}
     remaps = topic_remaps(launch_tree)
-    assert declared == {"params_file", "checkpoint", "use_camera", "use_rviz"}  # the rest from TOPIC_REMAPS
+    # the topic arguments come from TOPIC_REMAPS
+    assert declared == {"params_file", "checkpoint", "use_camera", "use_rviz", "fastdds_profile"}
     assert remaps == {name: getattr(DEFAULTS.topics, name)
                       for name in ("cloud_in", "image_in", "camera_info_in", "cloud_out")}
     node = launch_nodes(launch_tree)["segment_node"]
@@ -89,7 +90,8 @@ def test_launch_arguments_remaps_and_parameters_match_the_node(launch_tree: ast.
 def test_files_named_by_the_launch_file_exist_and_are_installed(launch_tree: ast.Module) -> None:
     joins = [[ast.literal_eval(a) for a in c.args[0].elts[1:]]
              for c in calls(launch_tree, "PathJoinSubstitution")]
-    assert sorted(joins) == [["config", "segment.yaml"], ["rviz", "xkd.rviz"]]
+    assert sorted(joins) == [["config", "fastdds_large_clouds.xml"], ["config", "segment.yaml"],
+                             ["rviz", "xkd.rviz"]]
     installed = {Path(p).resolve() for g in setup_data_globs() for p in glob(str(REPO / g))}
     for parts in joins:
         path = REPO.joinpath(*parts)
@@ -98,6 +100,25 @@ def test_files_named_by_the_launch_file_exist_and_are_installed(launch_tree: ast
     rviz = launch_nodes(launch_tree)["rviz2"]
     assert ast.literal_eval(kwarg(rviz, "package")) == "rviz2"
     assert kwarg(rviz, "condition") is not None  # only with use_rviz
+
+
+def test_fastdds_profile_is_set_for_both_fast_dds_generations_unless_empty(launch_tree: ast.Module) -> None:
+    assign = next(n for n in ast.walk(launch_tree) if isinstance(n, ast.Assign)
+                  and getattr(n.targets[0], "id", None) == "FASTDDS_PROFILE_ENV")
+    from bench.common import FASTDDS_PROFILE_ENV
+
+    assert ast.literal_eval(assign.value) == FASTDDS_PROFILE_ENV  # the names the benchmarks set
+    (setenv,) = calls(launch_tree, "SetEnvironmentVariable")  # one call, in a comprehension over both names
+    value = setenv.args[1]
+    assert getattr(value.func, "id", None) == "LaunchConfiguration"
+    assert ast.literal_eval(value.args[0]) == "fastdds_profile"
+    condition = kwarg(setenv, "condition")
+    assert condition.func.id == "LaunchConfigurationNotEquals"
+    assert [ast.literal_eval(a) for a in condition.args] == ["fastdds_profile", ""]
+    # a profile already set in the environment wins over the shipped one
+    (env,) = calls(launch_tree, "EnvironmentVariable")
+    assert isinstance(env.args[0], ast.Subscript) and env.args[0].value.id == "FASTDDS_PROFILE_ENV"
+    assert ast.literal_eval(env.args[0].slice) == 0
 
 
 def test_every_parameter_in_config_yaml_is_declared_by_the_node() -> None:
@@ -145,5 +166,5 @@ def test_launch_description_builds_with_launch_ros() -> None:
     ld = module.generate_launch_description()
     assert isinstance(ld, LaunchDescription)
     args = {e.name for e in ld.entities if isinstance(e, DeclareLaunchArgument)}
-    assert {"params_file", "checkpoint", "use_camera", "use_rviz", "cloud_in", "image_in", "camera_info_in",
-            "cloud_out"} <= args
+    assert {"params_file", "checkpoint", "use_camera", "use_rviz", "fastdds_profile", "cloud_in", "image_in",
+            "camera_info_in", "cloud_out"} <= args
