@@ -83,8 +83,9 @@ def _write_results(root: Path) -> None:
                     "encode_rclpy_total": {"p50_ms": 1.9, "p99_ms": 2.4, "reps": 300}}}))
     (root / "transport.json").write_text(json.dumps({
         "machine": machine, "rounds": 2, "messages_per_round": 100, "rate_hz": 10.0, "rmw": "rmw_fastrtps",
-        "rows": [{"points": 127000, "bytes": 127000 * 16, "profile": p, "sent": 220, "received": 220,
-                  "latency_ms": _stats(p50, p50 * 2)} for p, p50 in (("none", 40.0), ("shipped", 14.0))]}))
+        "rows": [{"points": 127000, "bytes": 127000 * 16, "reliability": "best_effort", "profile": p,
+                  "sent": 200, "received": n, "latency_ms": _stats(p50, p50 * 2)}
+                 for p, p50, n in (("none", 40.0, 31), ("shipped", 14.0, 200))]}))
     (root / "run_all.json").write_text(json.dumps({
         "mode": "quick", "started": "2026-11-25 09:00 UTC", "wall_s": 180.0, "cores": 2,
         "load_avg_start": [3.9, 3.0, 2.0], "load_avg_end": [4.1, 3.2, 2.1],
@@ -118,8 +119,8 @@ def test_report_renders_every_section_from_the_results_files(tmp_path):
     assert "**CPU**: not run (`python -m bench.bench_train --device cpu`)." in text
     assert "A quick validation run" in text
     assert "Fast DDS profile none." in text  # a node results file from before the profile option
-    assert "| 127k | 1.94 MiB | none | 220/220 | 40.0 | 80.0 |" in text
-    assert "| 127k | 1.94 MiB | shipped | 220/220 | 14.0 | 28.0 |" in text
+    assert "| 127k | 1.94 MiB | best effort | none | 31/200 | 40.0 | 80.0 |" in text
+    assert "| 127k | 1.94 MiB | best effort | shipped | 200/200 | 14.0 | 28.0 |" in text
     assert report.main(["--results", str(tmp_path), "--doc", str(doc), "--check"]) == 0  # up to date now
 
 

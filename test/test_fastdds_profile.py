@@ -82,9 +82,11 @@ def test_fast_dds_loads_the_profile_and_makes_the_segment_it_asks_for() -> None:
     assert without and max(without) < segment // 8  # Fast DDS's own default, 512 KiB + bookkeeping
 
 
-def test_large_clouds_arrive_whole_through_the_profile() -> None:
+def test_large_best_effort_clouds_arrive_whole_through_the_profile() -> None:
+    # best effort is the node's input QoS; without the profile most 127k-point clouds are lost in
+    # fragmentation here (bench_transport: 12 of 30), which no test should depend on
     domain = 100 + os.getpid() % 100
-    got = run_round(FASTDDS_PROFILE, 127_000, messages=5, rate=10.0, warmup=2, domain=domain)
-    assert got["received"] == 7
+    got = run_round(FASTDDS_PROFILE, "best_effort", 127_000, messages=5, rate=10.0, warmup=2, domain=domain)
+    assert got["received"] == 5  # the clouds after the warm-up
     assert got["points_decoded"] == 127_000
     assert len(got["latencies_s"]) == 5 and all(0 < t < 30 for t in got["latencies_s"])
