@@ -37,13 +37,13 @@ if __package__ in (None, ""):  # run as a script (python bench/bench_node.py): m
 from bench.common import (  # noqa: E402
     command_line,
     fastdds_profile,
+    finish,
     load_average,
     machine_info,
     now_utc,
     random_checkpoint,
     resize_cloud,
     set_fastdds_profile,
-    write_json,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results" / "node_cpu.json"
@@ -225,9 +225,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         finally:
             bench.destroy_node()
             rclpy.try_shutdown()
-    result["load_avg_end"] = load_average()
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
+    finish(result, args.out)
     return result
 
 

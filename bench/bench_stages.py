@@ -38,13 +38,13 @@ from bench.common import (
     IMAGES,
     RESULTS,
     command_line,
+    finish,
     load_average,
     machine_info,
     now_utc,
     resize_cloud,
     resolve_checkpoint,
     stats_ms,
-    write_json,
 )
 
 #: Stages in the order the node runs them; `total` is their sum per scan.
@@ -257,10 +257,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                           f"{st['total']['p50']:8.1f} p99 {st['total']['p99']:8.1f} ms | "
                           + " ".join(f"{k} {st[k]['p50']:.1f}" for k in STAGES), flush=True)
                 del seg
-    result["load_avg_end"] = load_average()
     result["wall_s"] = round(time.perf_counter() - t_start, 1)
-    write_json(out, result)
-    print(f"wrote {out}")
+    finish(result, out)
     plot_path = args.plot or str(IMAGES / f"stage_latency_{args.device}.png")
     if plot_path != "none" and result["rows"]:
         print(f"wrote {plot(result, Path(plot_path))}")

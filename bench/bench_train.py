@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from bench.common import REPO, RESULTS, command_line, load_average, machine_info, now_utc, write_json
+from bench.common import REPO, RESULTS, command_line, finish, load_average, machine_info, now_utc
 
 CONFIGS = {"baseline": "baseline_lidar.yaml", "xmodel_kd": "xmodel_kd.yaml"}
 PRESETS = ("synth_small", "semantickitti")
@@ -177,9 +177,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                   f"{row['s_per_step']:.3f} s/step, peak RSS {row['peak_rss_mb']:.0f} MB"
                   + (f", CUDA {row['cuda_max_memory_mb']:.0f} MB" if "cuda_max_memory_mb" in row else ""),
                   flush=True)
-    result["load_avg_end"] = load_average()
-    write_json(out, result)
-    print(f"wrote {out}")
+    finish(result, out)
     if result.get("failed"):
         raise SystemExit(1)
     return result

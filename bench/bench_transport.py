@@ -29,12 +29,12 @@ from bench.common import (
     RESULTS,
     command_line,
     fastdds_profile,
+    finish,
     load_average,
     machine_info,
     now_utc,
     set_fastdds_profile,
     stats_ms,
-    write_json,
 )
 
 PROFILES = ("none", "shipped")
@@ -191,9 +191,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 lat = row["latency_ms"]
                 print(f"{points:>7} pts, {reliability:>11}, profile {name:>8}: {received[name]}/{sent} "
                       f"received, p50 {lat['p50']:.2f} p99 {lat['p99']:.2f} ms", flush=True)
-    result["load_avg_end"] = load_average()
-    write_json(args.out, result)
-    print(f"wrote {args.out}")
+    finish(result, args.out)
     return result
 
 

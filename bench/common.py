@@ -128,6 +128,14 @@ def write_json(path: Path, data: dict[str, Any]) -> Path:
     return path
 
 
+def finish(result: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Close a benchmark's results: the load at the end (beside the one at the start), written to `out`."""
+    result["load_avg_end"] = load_average()
+    write_json(out, result)
+    print(f"wrote {out}")
+    return result
+
+
 def random_checkpoint(tmp: Path, preset: str = "synth_small") -> Path:
     """A random-init checkpoint of a training preset of config/train/xmodel_kd.yaml: that model's cost,
     meaningless labels. `synth_small` is the shipped model's architecture, `semantickitti` the
