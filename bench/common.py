@@ -27,7 +27,8 @@ SPCONV_WHEELS = ("spconv", "spconv-cu120", "spconv-cu121", "spconv-cu124", "spco
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: The Fast DDS profile segment.launch.py gives its processes (whole clouds through shared memory).
 FASTDDS_PROFILE = REPO / "config" / "fastdds_large_clouds.xml"
-#: Fast DDS 3 reads the first, Fast DDS 2 the second (launch/segment.launch.py sets both).
+#: Fast DDS 3 (the PyPI Kilted wheels) reads the first and warns about the second, Fast DDS 2 reads only
+#: the second (launch/segment.launch.py picks by ROS_DISTRO).
 FASTDDS_PROFILE_ENV = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 
 
@@ -43,13 +44,13 @@ def fastdds_profile(arg: str) -> Path | None:
 
 
 def set_fastdds_profile(env: MutableMapping[str, str], profile: Path | None) -> None:
-    """Set the Fast DDS profile in `env` (e.g. `os.environ`, or a child's environment), or remove it
-    for `None`. It must be in place before `rclpy.init()` of every process it should apply to."""
+    """Set the Fast DDS 3 profile variable in `env` (e.g. `os.environ`, or a child's environment), or
+    remove any profile for `None`. It must be in place before `rclpy.init()` of every process it
+    should apply to."""
     for name in FASTDDS_PROFILE_ENV:
-        if profile is None:
-            env.pop(name, None)
-        else:
-            env[name] = str(profile)
+        env.pop(name, None)
+    if profile is not None:
+        env[FASTDDS_PROFILE_ENV[0]] = str(profile)
 
 
 def _package_version(name: str) -> str | None:

@@ -278,8 +278,9 @@ def section_transport(results: Path) -> str:
     rows = [[f"{r['points'] // 1000}k", _num(r["bytes"] / 2**20, " MiB"), r["reliability"].replace("_", " "),
              r["profile"], f"{r['received']}/{r['sent']}",
              *(_num(r["latency_ms"][q]) for q in ("p50", "p99", "max"))] for r in data["rows"]]
-    head = (f"{_context(data)}; {data['rounds']} rounds of {data['messages_per_round']} clouds at "
-            f"{_num(data['rate_hz'], ' Hz')} per row, profiles interleaved; {data['rmw']}.")
+    head = (f"{_context(data)}; {data['rounds']} round(s) of {data['messages_per_round']} clouds at "
+            f"{_num(data['rate_hz'], ' Hz')} per row and profile, the profiles' rounds alternating; "
+            f"{data['rmw']}.")
     header = ["points", "message", "QoS", "Fast DDS profile", "received", "p50 ms", "p99 ms", "max ms"]
     return head + "\n\n" + _table(header, rows)
 

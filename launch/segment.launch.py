@@ -7,6 +7,8 @@ through shared memory instead of 512 KiB fragments) unless `fastdds_profile:=` n
 or is empty for the middleware's defaults; a profile already set in the environment is kept.
 """
 
+import os
+
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition, LaunchConfigurationNotEquals
 from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
@@ -18,7 +20,15 @@ from launch import LaunchDescription
 
 PACKAGE = "xkd_ros"
 #: Fast DDS 3 reads the first, Fast DDS 2 (Humble, Jazzy) the second.
+#: The variable naming a Fast DDS XML profile: Fast DDS 3 (Kilted on) reads the first and warns that
+#: the second is deprecated; Fast DDS 2 (the distributions below) reads only the second.
 FASTDDS_PROFILE_ENV = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
+FASTDDS2_DISTROS = ("humble", "iron", "jazzy")
+
+
+def fastdds_profile_env(distro: str | None) -> str:
+    """The profile variable that this ROS 2 distribution's Fast DDS reads."""
+    return FASTDDS_PROFILE_ENV[1] if distro in FASTDDS2_DISTROS else FASTDDS_PROFILE_ENV[0]
 
 #: launch argument -> the node's default topic (config/segment.yaml `topics.*`) it remaps.
 TOPIC_REMAPS = {
@@ -31,6 +41,7 @@ TOPIC_REMAPS = {
 
 def generate_launch_description() -> LaunchDescription:
     share = FindPackageShare(PACKAGE)
+    profile_env = fastdds_profile_env(os.environ.get("ROS_DISTRO"))
     arguments = [
         DeclareLaunchArgument(
             "params_file",
@@ -49,7 +60,7 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument(
             "fastdds_profile",
             default_value=EnvironmentVariable(
-                FASTDDS_PROFILE_ENV[0],
+                profile_env,
                 default_value=PathJoinSubstitution([share, "config", "fastdds_large_clouds.xml"]),
             ),
             description="Fast DDS XML profile for the launched processes; empty = the middleware's defaults",
@@ -83,12 +94,9 @@ def generate_launch_description() -> LaunchDescription:
         arguments=["-d", PathJoinSubstitution([share, "rviz", "xkd.rviz"])],
         condition=IfCondition(LaunchConfiguration("use_rviz")),
     )
-    profile = [
-        SetEnvironmentVariable(
-            name,
-            LaunchConfiguration("fastdds_profile"),
-            condition=LaunchConfigurationNotEquals("fastdds_profile", ""),
-        )
-        for name in FASTDDS_PROFILE_ENV
-    ]
-    return LaunchDescription([*arguments, *profile, segment_node, rviz])
+    profile = SetEnvironmentVariable(
+        profile_env,
+        LaunchConfiguration("fastdds_profile"),
+        condition=LaunchConfigurationNotEquals("fastdds_profile", ""),
+    )
+    return LaunchDescription([*arguments, profile, segment_node, rviz])

@@ -102,13 +102,23 @@ def test_files_named_by_the_launch_file_exist_and_are_installed(launch_tree: ast
     assert kwarg(rviz, "condition") is not None  # only with use_rviz
 
 
-def test_fastdds_profile_is_set_for_both_fast_dds_generations_unless_empty(launch_tree: ast.Module) -> None:
-    assign = next(n for n in ast.walk(launch_tree) if isinstance(n, ast.Assign)
-                  and getattr(n.targets[0], "id", None) == "FASTDDS_PROFILE_ENV")
+def test_fastdds_profile_goes_to_the_variable_of_the_distro_s_fast_dds_unless_empty(
+        launch_tree: ast.Module) -> None:
     from bench.common import FASTDDS_PROFILE_ENV
 
-    assert ast.literal_eval(assign.value) == FASTDDS_PROFILE_ENV  # the names the benchmarks set
-    (setenv,) = calls(launch_tree, "SetEnvironmentVariable")  # one call, in a comprehension over both names
+    # the function is plain Python: run it on its own, without `launch`
+    func = next(n for n in launch_tree.body
+                if isinstance(n, ast.FunctionDef) and n.name == "fastdds_profile_env")
+    consts = [n for n in launch_tree.body if isinstance(n, ast.Assign)
+              and getattr(n.targets[0], "id", None) in ("FASTDDS_PROFILE_ENV", "FASTDDS2_DISTROS")]
+    scope: dict = {}
+    exec(compile(ast.Module(body=[*consts, func], type_ignores=[]), str(LAUNCH), "exec"), scope)
+    assert scope["FASTDDS_PROFILE_ENV"] == FASTDDS_PROFILE_ENV  # the names the benchmarks use
+    pick = scope["fastdds_profile_env"]
+    assert pick("humble") == pick("jazzy") == "FASTRTPS_DEFAULT_PROFILES_FILE"  # Fast DDS 2
+    assert pick("kilted") == pick("rolling") == pick(None) == "FASTDDS_DEFAULT_PROFILES_FILE"  # Fast DDS 3
+    (setenv,) = calls(launch_tree, "SetEnvironmentVariable")
+    assert getattr(setenv.args[0], "id", None) == "profile_env"
     value = setenv.args[1]
     assert getattr(value.func, "id", None) == "LaunchConfiguration"
     assert ast.literal_eval(value.args[0]) == "fastdds_profile"
@@ -117,8 +127,7 @@ def test_fastdds_profile_is_set_for_both_fast_dds_generations_unless_empty(launc
     assert [ast.literal_eval(a) for a in condition.args] == ["fastdds_profile", ""]
     # a profile already set in the environment wins over the shipped one
     (env,) = calls(launch_tree, "EnvironmentVariable")
-    assert isinstance(env.args[0], ast.Subscript) and env.args[0].value.id == "FASTDDS_PROFILE_ENV"
-    assert ast.literal_eval(env.args[0].slice) == 0
+    assert getattr(env.args[0], "id", None) == "profile_env"
 
 
 def test_every_parameter_in_config_yaml_is_declared_by_the_node() -> None:
