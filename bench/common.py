@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from xkd_ros.fastdds import FASTDDS_PROFILE_ENV
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 IMAGES = REPO / "docs" / "img"
@@ -27,9 +29,6 @@ SPCONV_WHEELS = ("spconv", "spconv-cu120", "spconv-cu121", "spconv-cu124", "spco
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: The Fast DDS profile segment.launch.py gives its processes (whole clouds through shared memory).
 FASTDDS_PROFILE = REPO / "config" / "fastdds_large_clouds.xml"
-#: Fast DDS 3 (the PyPI Kilted wheels) reads the first and warns about the second, Fast DDS 2 reads only
-#: the second (launch/segment.launch.py picks by ROS_DISTRO).
-FASTDDS_PROFILE_ENV = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
 
 
 def fastdds_profile(arg: str) -> Path | None:

@@ -90,3 +90,18 @@ def test_large_best_effort_clouds_arrive_whole_through_the_profile() -> None:
     assert got["received"] == 5  # the clouds after the warm-up
     assert got["points_decoded"] == 127_000
     assert len(got["latencies_s"]) == 5 and all(0 < t < 30 for t in got["latencies_s"])
+
+
+def test_node_warns_on_fast_dds_without_a_profile_only() -> None:
+    import rclpy
+
+    from xkd_ros.fastdds import FASTDDS_PROFILE_ENV, fastdds_profile_warning
+
+    rmw = rclpy.get_rmw_implementation_identifier()  # what segment_node passes
+    assert "fastrtps" in rmw  # the middleware of these tests (and ROS 2's default)
+    note = fastdds_profile_warning(rmw, {})
+    assert note and "fastdds_large_clouds.xml" in note and "best-effort" in note
+    for name in FASTDDS_PROFILE_ENV:  # either generation's variable counts as a profile
+        assert fastdds_profile_warning(rmw, {name: str(FASTDDS_PROFILE)}) is None
+    assert fastdds_profile_warning(rmw, {FASTDDS_PROFILE_ENV[0]: ""}) is not None  # empty = none
+    assert fastdds_profile_warning("rmw_cyclonedds_cpp", {}) is None  # not Fast DDS: nothing to say

@@ -104,7 +104,7 @@ def test_files_named_by_the_launch_file_exist_and_are_installed(launch_tree: ast
 
 def test_fastdds_profile_goes_to_the_variable_of_the_distro_s_fast_dds_unless_empty(
         launch_tree: ast.Module) -> None:
-    from bench.common import FASTDDS_PROFILE_ENV
+    from xkd_ros.fastdds import FASTDDS_PROFILE_ENV
 
     # the function is plain Python: run it on its own, without `launch`
     func = next(n for n in launch_tree.body
@@ -113,7 +113,7 @@ def test_fastdds_profile_goes_to_the_variable_of_the_distro_s_fast_dds_unless_em
               and getattr(n.targets[0], "id", None) in ("FASTDDS_PROFILE_ENV", "FASTDDS2_DISTROS")]
     scope: dict = {}
     exec(compile(ast.Module(body=[*consts, func], type_ignores=[]), str(LAUNCH), "exec"), scope)
-    assert scope["FASTDDS_PROFILE_ENV"] == FASTDDS_PROFILE_ENV  # the names the benchmarks use
+    assert scope["FASTDDS_PROFILE_ENV"] == FASTDDS_PROFILE_ENV  # the names the node checks
     pick = scope["fastdds_profile_env"]
     assert pick("humble") == pick("jazzy") == "FASTRTPS_DEFAULT_PROFILES_FILE"  # Fast DDS 2
     assert pick("kilted") == pick("rolling") == pick(None) == "FASTDDS_DEFAULT_PROFILES_FILE"  # Fast DDS 3

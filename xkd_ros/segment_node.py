@@ -77,6 +77,7 @@ from xkd_core.data.frame import CameraView
 from xkd_core.data.pairlog import PairLogWriter, PairSample
 from xkd_core.geometry.projection import point_pixel_pairs
 from xkd_core.overlay import draw_label_overlay
+from xkd_ros.fastdds import fastdds_profile_warning
 from xkd_ros.image import (
     CameraInfoError,
     CameraModel,
@@ -317,6 +318,9 @@ class SegmentNode(Node):
         self.slot = LatestFrameSlot()
         self._running = True
         self.executor_failed = False
+        note = fastdds_profile_warning(rclpy.get_rmw_implementation_identifier(), os.environ)
+        if note:
+            self.get_logger().warning(note)
         self.get_logger().info(
             f"segmenting {self.resolve_topic_name(cfg.topics.cloud_in)} -> "
             f"{self.resolve_topic_name(cfg.topics.cloud_out)}"
