@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import (
+    REPO,
     RESULTS,
     command_line,
     fastdds_profile,
@@ -117,13 +118,13 @@ def run_round(profile: Path | None, reliability: str, points: int, messages: int
     expected = warmup + messages
     me = [sys.executable, "-m", "bench.bench_transport"]
     sub_args = ["--child", "sub", topic, reliability, str(expected), str(expected / rate + 40)]
-    sub = subprocess.Popen([*me, *sub_args],
+    sub = subprocess.Popen([*me, *sub_args], cwd=REPO,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         if sub.stdout.readline().strip() != "ready":
             raise RuntimeError(f"subscriber did not start: {sub.stderr.read()[-2000:]}")
         pub_args = ["--child", "pub", topic, reliability, str(points), str(messages), str(rate), str(warmup)]
-        pub = subprocess.run([*me, *pub_args], capture_output=True, text=True, env=env,
+        pub = subprocess.run([*me, *pub_args], cwd=REPO, capture_output=True, text=True, env=env,
                              timeout=expected / rate + 60)
         if pub.returncode != 0:
             raise RuntimeError(f"publisher failed: {pub.stderr[-2000:]}")
