@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from xkd_ros.fastdds import FASTDDS_PROFILE_ENV
+from xkd_ros.fastdds import FASTDDS_PROFILE_ENV, PROFILE_NAME
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -28,7 +28,7 @@ SPCONV_WHEELS = ("spconv", "spconv-cu120", "spconv-cu121", "spconv-cu124", "spco
 #: Thread pools outside torch's control (numpy's BLAS runs the overlay's projection).
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: The Fast DDS profile segment.launch.py gives its processes (whole clouds through shared memory).
-FASTDDS_PROFILE = REPO / "config" / "fastdds_large_clouds.xml"
+FASTDDS_PROFILE = REPO / "config" / PROFILE_NAME
 
 
 def fastdds_profile(arg: str) -> Path | None:

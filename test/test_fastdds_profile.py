@@ -105,3 +105,14 @@ def test_node_warns_on_fast_dds_without_a_profile_only() -> None:
         assert fastdds_profile_warning(rmw, {name: str(FASTDDS_PROFILE)}) is None
     assert fastdds_profile_warning(rmw, {FASTDDS_PROFILE_ENV[0]: ""}) is not None  # empty = none
     assert fastdds_profile_warning("rmw_cyclonedds_cpp", {}) is None  # not Fast DDS: nothing to say
+
+
+def test_tools_take_the_shipped_profile_unless_the_user_set_one() -> None:
+    from xkd_ros.fastdds import FASTDDS_PROFILE_ENV, use_shipped_profile
+
+    env: dict[str, str] = {}
+    used = use_shipped_profile(env)
+    assert Path(used).resolve() == FASTDDS_PROFILE.resolve() == Path(env[FASTDDS_PROFILE_ENV[0]]).resolve()
+    mine = {FASTDDS_PROFILE_ENV[1]: "/etc/my_profile.xml"}  # a Fast DDS 2 user's own
+    assert "/etc/my_profile.xml" in use_shipped_profile(mine)
+    assert mine == {FASTDDS_PROFILE_ENV[1]: "/etc/my_profile.xml"}  # left alone

@@ -39,6 +39,7 @@ from xkd_core.overlay import draw_label_overlay
 from xkd_core.synth import SynthConfig, generate
 from xkd_core.synth.config import LidarConfig
 from xkd_ros.bag_eval import BagEvalOptions, evaluate, summary_lines
+from xkd_ros.fastdds import use_shipped_profile
 from xkd_ros.kitti2bag import convert_sequence
 from xkd_ros.segment_params import resolve_checkpoint
 
@@ -62,13 +63,17 @@ def demo_synth_config() -> SynthConfig:
 
 
 def _isolate_ros() -> str:
-    """Own ROS domain and localhost discovery unless the user chose a domain; returns a description."""
+    """Own ROS domain and localhost discovery unless the user chose a domain, and the launch file's
+    Fast DDS profile unless one is set; returns a description."""
+    profile = use_shipped_profile(os.environ)
     if "ROS_DOMAIN_ID" in os.environ:
-        return f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} (from the environment)"
+        return (f"ROS_DOMAIN_ID={os.environ['ROS_DOMAIN_ID']} (from the environment), "
+                f"Fast DDS profile {profile}")
     os.environ["ROS_DOMAIN_ID"] = str(1 + os.getpid() % 100)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     env = os.environ
-    return f"ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE']}"
+    return (f"ROS_DOMAIN_ID={env['ROS_DOMAIN_ID']}, discovery {env['ROS_AUTOMATIC_DISCOVERY_RANGE']}, "
+            f"Fast DDS profile {profile}")
 
 
 def _cpu_threads() -> int:

@@ -32,21 +32,29 @@ NODE_NAME = "segment_node"
 _PR_SET_PDEATHSIG = 1
 
 
-def default_params_file() -> Path:
-    """`config/segment.yaml` of the source tree / editable install, else of the installed ament package."""
-    here = Path(__file__).resolve().parent.parent / "config" / "segment.yaml"
+def config_file(name: str) -> Path:
+    """`config/<name>` of the source tree / editable install, else of the installed ament package."""
+    here = Path(__file__).resolve().parent.parent / "config" / name
     if here.is_file():
         return here
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        shared = Path(get_package_share_directory("xkd_ros")) / "config" / "segment.yaml"
+        shared = Path(get_package_share_directory("xkd_ros")) / "config" / name
     except Exception:  # noqa: BLE001 - ament index missing or package not installed: report below
         shared = None
     if shared is not None and shared.is_file():
         return shared
-    raise FileNotFoundError(f"cannot find the node parameters config/segment.yaml (looked at {here} and "
-                            "the ament share directory of xkd_ros); pass --params-file")
+    raise FileNotFoundError(f"cannot find config/{name} (looked at {here} and the ament share directory "
+                            "of xkd_ros)")
+
+
+def default_params_file() -> Path:
+    """The node parameters, config/segment.yaml."""
+    try:
+        return config_file("segment.yaml")
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}; pass --params-file") from None
 
 
 def write_overrides(path: str | Path, params: dict[str, Any], node_name: str = NODE_NAME) -> Path:
