@@ -43,8 +43,8 @@ from bench.common import (  # noqa: E402
     now_utc,
     random_checkpoint,
     resize_cloud,
-    set_fastdds_profile,
 )
+from xkd_ros.fastdds import set_profile  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "node_cpu.json"
 TOPICS = {"cloud_in": "/bench/points", "image_in": "/bench/image", "camera_info_in": "/bench/camera_info",
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     rates = args.rates or [args.rate]
     profile = fastdds_profile(args.fastdds_profile)
-    set_fastdds_profile(os.environ, profile)  # before rclpy.init; the node's process inherits it
+    set_profile(os.environ, profile)  # before rclpy.init; the node's process inherits it
 
     os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")

@@ -34,9 +34,9 @@ from bench.common import (
     load_average,
     machine_info,
     now_utc,
-    set_fastdds_profile,
     stats_ms,
 )
+from xkd_ros.fastdds import set_profile
 
 PROFILES = ("none", "shipped")
 RELIABILITY = ("best_effort", "reliable")
@@ -112,7 +112,7 @@ def run_round(profile: Path | None, reliability: str, points: int, messages: int
     """One publisher and one subscriber process, both with `profile`; what arrived, how late (the
     first `warmup` clouds published are not measured)."""
     env = dict(os.environ)
-    set_fastdds_profile(env, profile)
+    set_profile(env, profile)
     env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     topic = "/xkd_bench_transport/cloud"
     expected = warmup + messages

@@ -12,13 +12,13 @@ import os
 import platform
 import sys
 import time
-from collections.abc import MutableMapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from xkd_ros.fastdds import FASTDDS_PROFILE_ENV, PROFILE_NAME
+from xkd_ros.fastdds import PROFILE_NAME
+from xkd_ros.node_process import config_file
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -28,7 +28,7 @@ SPCONV_WHEELS = ("spconv", "spconv-cu120", "spconv-cu121", "spconv-cu124", "spco
 #: Thread pools outside torch's control (numpy's BLAS runs the overlay's projection).
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 #: The Fast DDS profile segment.launch.py gives its processes (whole clouds through shared memory).
-FASTDDS_PROFILE = REPO / "config" / PROFILE_NAME
+FASTDDS_PROFILE = config_file(PROFILE_NAME)
 
 
 def fastdds_profile(arg: str) -> Path | None:
@@ -42,14 +42,6 @@ def fastdds_profile(arg: str) -> Path | None:
     return path.resolve()
 
 
-def set_fastdds_profile(env: MutableMapping[str, str], profile: Path | None) -> None:
-    """Set the Fast DDS 3 profile variable in `env` (e.g. `os.environ`, or a child's environment), or
-    remove any profile for `None`. It must be in place before `rclpy.init()` of every process it
-    should apply to."""
-    for name in FASTDDS_PROFILE_ENV:
-        env.pop(name, None)
-    if profile is not None:
-        env[FASTDDS_PROFILE_ENV[0]] = str(profile)
 
 
 def _package_version(name: str) -> str | None:

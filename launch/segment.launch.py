@@ -19,7 +19,6 @@ from launch_ros.substitutions import FindPackageShare
 from launch import LaunchDescription
 
 PACKAGE = "xkd_ros"
-#: Fast DDS 3 reads the first, Fast DDS 2 (Humble, Jazzy) the second.
 #: The variable naming a Fast DDS XML profile: Fast DDS 3 (Kilted on) reads the first and warns that
 #: the second is deprecated; Fast DDS 2 (the distributions below) reads only the second.
 FASTDDS_PROFILE_ENV = ("FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
