@@ -66,17 +66,24 @@ def stage_synth(args: argparse.Namespace) -> None:
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
-    """`name:key=value,key=value`: xModel-KD with these `--set` overrides, reported as its own method."""
+    """`[METHOD+]NAME:key=value,key=value` -> (`METHOD+NAME`, overrides): a method (xModel-KD unless
+    `baseline_lidar+` is given) with these `--set` overrides, reported as its own method."""
     name, _, sets = text.partition(":")
     if not name or not sets or any("=" not in kv for kv in sets.split(",")):
-        raise argparse.ArgumentTypeError(f"variant must be NAME:KEY=VALUE[,KEY=VALUE...], got {text!r}")
-    return name, sets.split(",")
+        raise argparse.ArgumentTypeError(
+            f"variant must be [METHOD+]NAME:KEY=VALUE[,KEY=VALUE...], got {text!r}")
+    base, plus, short = name.rpartition("+")
+    if not plus:
+        base, short = "xmodel_kd", name
+    if base not in METHODS or not short:
+        raise argparse.ArgumentTypeError(f"variant {text!r}: METHOD must be one of {list(METHODS)}")
+    return f"{base}+{short}", sets.split(",")
 
 
 def methods(args: argparse.Namespace) -> list[str]:
-    """The baseline, xModel-KD as its preset says, and one `xmodel_kd+NAME` per `--variants` entry;
+    """The baseline, xModel-KD as its preset says, and one `METHOD+NAME` per `--variants` entry;
     only those `--methods` names when given (e.g. more seeds of one variant and the baseline)."""
-    every = [*METHODS, *(f"xmodel_kd+{name}" for name, _ in args.variants)]
+    every = [*METHODS, *(name for name, _ in args.variants)]
     chosen = getattr(args, "methods", None)
     if not chosen:
         return every
@@ -100,9 +107,8 @@ def run_dir(args: argparse.Namespace, key: str, method: str, seed: int) -> Path:
 
 def train_cmd(args: argparse.Namespace, key: str, method: str, seed: int) -> list[str]:
     _, world, _, fraction = next(s for s in settings(args) if s[0] == key)
-    config, _, variant = method.partition("+")
-    extra = [a for name, sets in args.variants if name == variant for kv in sets
-             for a in ("--set", kv)]
+    config = method.partition("+")[0]
+    extra = [a for name, sets in args.variants if name == method for kv in sets for a in ("--set", kv)]
     return [str(BIN / "xkd-train"), "--config", f"config/train/{config}.yaml", "--preset", "synth_small",
             *extra,
             "--set", f"data.root={args.data / world}", "--set", f"seed={seed}",
@@ -249,7 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--label-fractions", nargs="+", type=float, default=[1.0, 0.1],
                    help="data.label_fraction of the training runs (1.0 = dense labels)")
     p.add_argument("--variants", nargs="*", type=parse_variant, default=[],
-                   help="NAME:KEY=VALUE,...: xModel-KD with these overrides, as method xmodel_kd+NAME")
+                   help="[METHOD+]NAME:KEY=VALUE,...: xModel-KD (or METHOD, e.g. baseline_lidar) with these "
+                        "overrides, reported as method METHOD+NAME")
     p.add_argument("--methods", nargs="+", default=None,
                    help="only these methods (baseline_lidar, xmodel_kd, xmodel_kd+NAME); default all")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])

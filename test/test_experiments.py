@@ -76,3 +76,17 @@ def test_variant_is_its_own_method_with_its_overrides(tmp_path: Path) -> None:
     assert exp.eval_dirs("xmodel_kd+kdall") == {"eval3d": False, "evalfused": True}
     with pytest.raises(argparse.ArgumentTypeError):
         exp.parse_variant("kdall:model.kd_average")
+
+
+def test_a_baseline_variant_trains_the_baseline_config(tmp_path: Path) -> None:
+    variant = exp.parse_variant("baseline_lidar+oracle:data.label_frustum=true")
+    assert variant == ("baseline_lidar+oracle", ["data.label_frustum=true"])
+    args = argparse.Namespace(worlds=[("w", 0.0)], label_fractions=[0.02], seeds=[0], steps=10, scans=5,
+                              runs=tmp_path, data=tmp_path, variants=[variant])
+    assert exp.methods(args) == ["baseline_lidar", "xmodel_kd", "baseline_lidar+oracle"]
+    cmd = exp.train_cmd(args, "w-labels0.02", "baseline_lidar+oracle", 0)
+    assert "config/train/baseline_lidar.yaml" in cmd and "data.label_frustum=true" in cmd
+    assert "data.label_frustum=true" not in exp.train_cmd(args, "w-labels0.02", "baseline_lidar", 0)
+    assert exp.eval_dirs("baseline_lidar+oracle") == {"eval3d": False}  # no camera branch to fuse
+    with pytest.raises(argparse.ArgumentTypeError, match="METHOD"):
+        exp.parse_variant("teacher+x:model.wkd=1")

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from xkd_core.data.frame import CameraView
-from xkd_core.geometry.projection import Pairs, point_pixel_pairs, project, views_of, visible
+from xkd_core.geometry.projection import Pairs, in_any_view, point_pixel_pairs, project, views_of, visible
 
 # A 100 x 80 camera (W x H): u in [0, 99], v in [0, 79]; f = 100, principal point (50, 40).
 K = np.array([[100.0, 0.0, 50.0], [0.0, 100.0, 40.0], [0.0, 0.0, 1.0]])
@@ -131,6 +131,15 @@ def test_multi_view_pairs_sorted_by_view_then_point():
     cams = [CameraView(np.zeros((*hw, 3), np.uint8), k, t, f"c{i}") for i, (k, t, hw) in enumerate(views)]
     again = point_pixel_pairs(xyz, views_of(cams))
     assert np.array_equal(again.point, pairs.point) and np.array_equal(again.uv, pairs.uv)
+
+
+def test_in_any_view_is_the_union_of_the_views_pairs():
+    cam = np.array([[1.0, 2.0, 10.0], [20.0, 0.0, 10.0], [0.0, 0.0, -5.0], [np.nan, 0.0, 10.0]])
+    xyz = lidar_from_cam(cam)
+    T2 = np.diag([-1.0, 1.0, -1.0, 1.0]) @ T  # looking backwards: sees point 2 only
+    assert in_any_view(xyz, [(K, T, HW)]).tolist() == [True, False, False, False]
+    assert in_any_view(xyz, [(K, T, HW), (K, T2, HW)]).tolist() == [True, False, True, False]
+    assert in_any_view(xyz, []).tolist() == [False] * 4  # no camera: nothing is in the frustum
 
 
 def test_no_views_or_no_points_give_empty_pairs():

@@ -407,3 +407,22 @@ def test_train_cli_refuses_missing_data(tmp_path: Path, capsys: pytest.CaptureFi
 def test_config_error_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="optim.steps"):
         load_train_config(CONFIGS / "xmodel_kd.yaml", "synth_small", ["optim.steps=many"])
+
+
+def test_label_frustum_gives_the_baseline_the_frustum_labels(scene_root: Path, tmp_path: Path) -> None:
+    """The LiDAR-only baseline reads the camera calibration only for `data.label_frustum`, and its
+    training samples then carry labels on every point a camera sees (and no image pairs)."""
+    from xkd_core.training.data import SampleDataset, build_frame_datasets
+
+    plain = tiny_cfg("baseline_lidar.yaml", scene_root, tmp_path, "data.label_fraction=0.02")
+    oracle = tiny_cfg("baseline_lidar.yaml", scene_root, tmp_path, "data.label_fraction=0.02",
+                      "data.label_frustum=true", "data.max_points=null")
+    assert build_frame_datasets(plain)[0][0].views == []
+    frames = build_frame_datasets(oracle)[0]
+    frame = frames[0]
+    assert frame.views, "label_frustum needs the camera calibration"
+    seen = point_pixel_pairs(frame.points, [(v.K, v.T, v.hw) for v in frame.views]).point
+    sample = SampleDataset(frames, oracle, train=True)[(0, 0)]
+    labels = np.asarray(sample.labels)
+    assert np.all(labels[np.unique(seen)] != 0) and 0 < len(np.unique(seen)) < len(labels)
+    assert (labels != 0).mean() > 0.02 + 0.5 * len(np.unique(seen)) / len(labels)

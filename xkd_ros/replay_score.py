@@ -23,7 +23,7 @@ import numpy as np
 
 from xkd_core.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from xkd_core.evaluation.metrics import ConfusionMatrix
-from xkd_core.geometry.projection import ViewGeometry, project, visible
+from xkd_core.geometry.projection import ViewGeometry, in_any_view
 from xkd_ros.bag_io import POINTCLOUD2, TYPESTORE, BagFrame
 from xkd_ros.pointcloud import cloud_field, cloud_to_xyzi
 
@@ -55,12 +55,7 @@ class BevSample:
 
 def frustum_mask(xyz: np.ndarray, geometry: ViewGeometry | None) -> np.ndarray | None:
     """Points inside the camera image (the pair-validity rule of `xkd_core.geometry.projection`)."""
-    if geometry is None:
-        return None
-    K, T, hw = geometry
-    uv, depth = project(xyz, K, T)
-    with np.errstate(invalid="ignore"):
-        return visible(uv, depth, hw)
+    return None if geometry is None else in_any_view(xyz, [geometry])
 
 
 def merge_by_stamp(

@@ -18,16 +18,7 @@ from tqdm import tqdm
 from xkd_core.classes import CLASS_NAMES
 from xkd_core.data.frame import Frame
 from xkd_core.evaluation.metrics import ConfusionMatrix
-from xkd_core.geometry.projection import point_pixel_pairs
-
-
-def frustum_mask(frame: Frame) -> np.ndarray:
-    """(N,) bool: points with a valid pair in any of the frame's views."""
-    mask = np.zeros(frame.num_points, dtype=bool)
-    if frame.views:
-        pairs = point_pixel_pairs(frame.points[:, :3], [(v.K, v.T, v.hw) for v in frame.views])
-        mask[pairs.point] = True
-    return mask
+from xkd_core.geometry.projection import in_any_view, views_of
 
 
 @dataclass
@@ -80,7 +71,7 @@ def evaluate(segmenter, frames: Iterable[Frame], fuse: bool = False, progress: b
         if pred.shape != frame.labels.shape:
             raise ValueError(f"segmenter returned {pred.shape[0]} labels for {frame.num_points} points "
                              f"({frame.sequence}/{frame.frame_id})")
-        mask = frustum_mask(frame)
+        mask = in_any_view(frame.points[:, :3], views_of(frame.views))
         result.full.update(pred, frame.labels)
         result.frustum.update(pred[mask], frame.labels[mask])
         result.num_scans += 1

@@ -100,6 +100,17 @@ def point_pixel_pairs(xyz: np.ndarray, views: Sequence[ViewGeometry], min_depth:
     return Pairs(np.concatenate(points), np.concatenate(view_ids), np.concatenate(uvs).reshape(-1, 2))
 
 
+def in_any_view(xyz: np.ndarray, views: Sequence[ViewGeometry]) -> np.ndarray:
+    """(N,) bool: points with a valid pair in at least one view (the camera frustum of a frame).
+
+    Non-finite points are simply outside every view.
+    """
+    mask = np.zeros(len(_check_xyz(xyz)), dtype=bool)
+    with np.errstate(invalid="ignore"):
+        mask[point_pixel_pairs(xyz, views).point] = True
+    return mask
+
+
 def views_of(frame_views: Sequence[CameraView]) -> list[ViewGeometry]:
     """The (K, T, (H, W)) tuples of a frame's camera views, for `point_pixel_pairs`."""
     return [(v.K, v.T, v.hw) for v in frame_views]

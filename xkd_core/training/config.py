@@ -59,6 +59,9 @@ class DataConfig:
     #: Weak supervision: keep the labels of only this fraction of each training scan's points (the
     #: same points every epoch and run, as if an annotator had labeled them once); the rest become ignore.
     label_fraction: float = 1.0
+    #: Also keep the label of every point a camera sees (with `label_fraction` < 1): a diagnostic,
+    #: the "perfect teacher" - the supervision that an error-free camera teacher would add in the frustum.
+    label_frustum: bool = False
 
     def __post_init__(self) -> None:
         if not self.root:

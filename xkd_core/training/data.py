@@ -20,6 +20,7 @@ from xkd_core.classes import IGNORE_INDEX
 from xkd_core.data.collate import collate, prepare_sample
 from xkd_core.data.dataset import SemanticKittiDataset
 from xkd_core.data.frame import Frame
+from xkd_core.geometry.projection import in_any_view, views_of
 from xkd_core.training.config import TrainConfig
 from xkd_core.training.distributed import DistInfo
 from xkd_core.training.seeding import sample_rng, worker_init_fn
@@ -29,13 +30,20 @@ from xkd_core.training.seeding import sample_rng, worker_init_fn
 LABEL_SUBSET_SEED = 20240917
 
 
-def keep_label_fraction(frame: Frame, fraction: float, index: int) -> Frame:
-    """Set all but a fixed random `fraction` of the scan's labels to ignore (weak supervision)."""
+def keep_label_fraction(frame: Frame, fraction: float, index: int, keep_frustum: bool = False) -> Frame:
+    """Set all but a fixed random `fraction` of the scan's labels to ignore (weak supervision);
+    with `keep_frustum` the points a camera of the frame sees keep theirs too."""
     if fraction >= 1.0 or frame.labels is None:
         return frame
     rng = np.random.default_rng([LABEL_SUBSET_SEED, index])
+    drop = rng.random(frame.num_points) >= fraction
+    if keep_frustum:
+        if not frame.views:
+            raise ValueError(
+                f"data.label_frustum: frame {frame.sequence}/{frame.frame_id} has no camera view")
+        drop &= ~in_any_view(frame.points[:, :3], views_of(frame.views))
     labels = frame.labels.copy()
-    labels[rng.random(frame.num_points) >= fraction] = IGNORE_INDEX
+    labels[drop] = IGNORE_INDEX
     return dataclasses.replace(frame, labels=labels)
 
 
@@ -76,7 +84,7 @@ class SampleDataset(Dataset):
         d = self.cfg.data
         use_camera = self.cfg.model.use_camera and self.train
         if self.train:
-            frame = keep_label_fraction(frame, d.label_fraction, index)
+            frame = keep_label_fraction(frame, d.label_fraction, index, d.label_frustum)
             frame = subsample(frame, d.max_points, rng)
         return prepare_sample(
             frame,
@@ -127,7 +135,7 @@ class ShardSampler(Sampler):
 def build_frame_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
     """The training and (optional) validation `Frame` datasets named by `cfg.data`."""
     d = cfg.data
-    cameras = tuple(d.cameras) if cfg.model.use_camera else ()
+    cameras = tuple(d.cameras) if cfg.model.use_camera or d.label_frustum else ()
     if d.source == "pairlog":
         from xkd_core.data.pairlog import PairLogDataset
 
