@@ -5,11 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from model_fixtures import camera, random_frame, tiny_config
 
 from xkd_core.config import ConfigError, from_dict
 from xkd_core.data.collate import collate, prepare_sample
 from xkd_core.geometry.voxelize import voxelize
+from xkd_core.losses import kd_kl
 from xkd_core.models.image_net import ImageNet, build_encoder, sample_at_pixels
 from xkd_core.models.sparse_unet import SparseUNet, point_rows_at_level
 from xkd_core.models.xmodel_kd import ModelConfig, XModelKD
@@ -250,3 +252,69 @@ def test_model_config_is_validated_with_named_fields():
         from_dict(ModelConfig, {"kd_average": "frustum"})
     with pytest.raises(ConfigError, match="w2d"):
         from_dict(ModelConfig, {"w2d": -1.0})
+
+
+def test_kd_min_confidence_leaves_unsure_teacher_points_out_of_the_kl():
+    batch = _batch(9)
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(kd_average="all")).train()
+    out = model(batch)
+    teacher = out["logits_fused"].detach().float()
+    real = teacher.clone()
+    real[:, 0] = float("-inf")
+    conf = torch.softmax(real, dim=1).max(dim=1).values
+    thr = float(conf.median())
+    taught = conf >= thr
+    assert 0 < int(taught.sum()) < len(conf)
+    model.cfg.kd_min_confidence = thr
+    got = model.loss(out, batch)["kd"]
+    rows = out["fused_point"][taught]
+    want = kd_kl(out["logits_3d"][rows], teacher[taught], model.cfg.kd_T) * len(rows) / len(batch.points)
+    torch.testing.assert_close(got, want)
+    model.cfg.kd_min_confidence = 0.0
+    all_rows = model.loss(out, batch)["kd"]
+    want_all = kd_kl(out["logits_3d"][out["fused_point"]], teacher, model.cfg.kd_T)
+    torch.testing.assert_close(all_rows, want_all * len(out["fused_point"]) / len(batch.points))
+    with pytest.raises(ValueError, match="kd_min_confidence"):
+        tiny_config(kd_min_confidence=1.0)
+    with pytest.raises(ValueError, match="kd_loss"):
+        tiny_config(kd_loss="mse")
+
+
+def test_pseudo_labels_fill_the_unlabeled_paired_points_and_weigh_wkd():
+    batch = _batch(10)
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(kd_loss="pseudo_label", wkd=0.5, w_lovasz=0.0)).train()
+    out = model(batch)
+    fused_point_any = out["fused_point"]
+    labels = batch.labels.clone()
+    labels[fused_point_any[::2]] = 0  # half the paired points lose their label
+    labels[:5] = 0  # and a few others
+    batch.labels = labels
+    terms = model.loss(out, batch)
+    teacher = out["logits_fused"].detach().float()
+    teacher[:, 0] = float("-inf")
+    pseudo = labels[fused_point_any] == 0
+    targets = labels.clone()
+    targets[fused_point_any[pseudo]] = teacher.argmax(dim=1)[pseudo]
+    weight = torch.ones(len(labels))
+    weight[fused_point_any[pseudo]] = 0.5
+    ce = F.cross_entropy(out["logits_3d"].float(), targets, ignore_index=0, reduction="none")
+    keep = targets != 0
+    torch.testing.assert_close(terms["ce_3d"], (ce * weight)[keep].sum() / weight[keep].sum())
+    torch.testing.assert_close(terms["kd"], ce[fused_point_any[pseudo]].mean())
+    expected = (terms["ce_3d"] + model.cfg.w2d * terms["ce_2d"] + model.cfg.w_fused * terms["ce_fused"]
+                + model.cfg.wc * terms["contrastive"])  # kd is logged, not added again
+    torch.testing.assert_close(terms["total"], expected)
+    terms["kd"].backward()  # the teacher's classes are targets: nothing flows back into the teacher
+    assert all(p.grad is None for p in model.fusion_head.parameters())
+    assert model.point_head.classifier[-1].weight.grad.abs().sum() > 0
+    # a confident-only teacher: a threshold no point reaches leaves the plain labels
+    model.zero_grad()
+    model.cfg.kd_min_confidence = 0.999999
+    plain = model.loss(out, batch)
+    plain_ce = F.cross_entropy(out["logits_3d"].float(), labels, ignore_index=0)
+    torch.testing.assert_close(plain["ce_3d"], plain_ce)
+    # off at weight 0 (e.g. the first step of a KD ramp)
+    model.cfg.kd_min_confidence = 0.0
+    torch.testing.assert_close(model.loss(out, batch, kd_scale=0.0)["ce_3d"], plain["ce_3d"])

@@ -69,6 +69,13 @@ class ModelConfig:
     # KD weight ramped linearly from 0 to wkd over the first N optimizer steps (0: full weight from
     # the start). The fused teacher learns alongside its student and predicts noise at first.
     kd_ramp_steps: int = 0
+    # How the teacher teaches. "kl": the KL at temperature kd_T (SPEC section 3). "pseudo_label": the
+    # teacher's class becomes the label of paired points that have none, and the 3D CE and Lovasz run
+    # on labels and pseudo-labels together, a pseudo-labelled point weighing wkd times a labeled one
+    # in the CE (the limit T -> 0 of the KL, weighted like a label; docs/results.md measures both).
+    kd_loss: Literal["kl", "pseudo_label"] = "kl"
+    # Points where the teacher's softmax maximum is below this are not taught (0: all paired points).
+    kd_min_confidence: float = 0.0
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -105,6 +112,10 @@ class ModelConfig:
              f"nce_negatives must be 'all' or 'other_class', got {self.nce_negatives!r}")
         need(self.kd_average in ("paired", "all"),
              f"kd_average must be 'paired' or 'all', got {self.kd_average!r}")
+        need(self.kd_loss in ("kl", "pseudo_label"),
+             f"kd_loss must be 'kl' or 'pseudo_label', got {self.kd_loss!r}")
+        need(0.0 <= self.kd_min_confidence < 1.0,
+             f"kd_min_confidence must lie in [0, 1), got {self.kd_min_confidence}")
         depth = len(self.unet_channels) - 1
         for i, pair in enumerate(self.scales):
             need(len(pair) == 2, f"scales[{i}] must be [3d level, fpn level], got {pair}")
@@ -231,43 +242,74 @@ class XModelKD(nn.Module):
     def loss(self, out: dict[str, Any], batch: Batch, kd_scale: float = 1.0) -> dict[str, Tensor]:
         """All loss terms and `total` = ce_3d + w_lovasz lovasz_3d [+ w2d ce_2d + w_fused ce_fused
         + wc contrastive + kd_scale wkd kd when the camera branch ran]. Needs `batch.labels`.
-        `terms["kd"]` is the unweighted KL, whatever the scale."""
+        `terms["kd"]` is the unweighted KL, whatever the scale. With `kd_loss: pseudo_label` the
+        teacher's confident classes join the labels of ce_3d / lovasz_3d instead, and `terms["kd"]`
+        (the 3D CE on the pseudo-labelled points alone) is logged, not added."""
         cfg = self.cfg
         if batch.labels is None:
             raise ValueError("XModelKD.loss: batch.labels is None (unlabelled samples cannot be trained on)")
         labels = batch.labels
         logits_3d = out["logits_3d"]
         terms: dict[str, Tensor] = {}
-        terms["ce_3d"] = cross_entropy(logits_3d, labels, cfg.ignore_index)
-        terms["lovasz_3d"] = lovasz_softmax(F.softmax(logits_3d.float(), dim=1), labels, cfg.ignore_index)
-        total = terms["ce_3d"] + cfg.w_lovasz * terms["lovasz_3d"]
-        if "logits_2d" in out:
-            hw = batch.image_hw
-            pair_point = batch.pair_point
-            fused_point, pair_index = out["fused_point"], out["pair_index"]
-            logits_2d_pairs = sample_at_pixels(out["logits_2d"], batch.pair_image, batch.pair_uv, hw).float()
-            terms["ce_2d"] = cross_entropy(logits_2d_pairs, labels[pair_point], cfg.ignore_index)
-            terms["ce_fused"] = cross_entropy(out["logits_fused"], labels[fused_point], cfg.ignore_index)
-            contrastive = logits_3d.new_zeros(())
-            if "emb_3d" in out:
-                sel_point = pair_point[out["nce_pairs"]]
-                same_point = sel_point[:, None] == sel_point[None, :]
-                if cfg.nce_negatives == "other_class":
-                    lab = labels[sel_point]
-                    same_class = (lab[:, None] == lab[None, :]) & (lab != cfg.ignore_index)[:, None]
-                    same_point = same_point | same_class
-                for e3, e2 in zip(out["emb_3d"], out["emb_2d"]):
-                    contrastive = contrastive + info_nce(e3, e2, cfg.tau, same_point)
-            terms["contrastive"] = contrastive
-            if cfg.kd_teacher == "fused":
-                teacher = out["logits_fused"]
-            else:
-                teacher = scatter_mean(logits_2d_pairs, pair_index, fused_point.shape[0])
-            terms["kd"] = kd_kl(logits_3d[fused_point], teacher, cfg.kd_T)
-            if cfg.kd_average == "all":
-                terms["kd"] = terms["kd"] * (fused_point.shape[0] / logits_3d.shape[0])
-            total = (total + cfg.w2d * terms["ce_2d"] + cfg.w_fused * terms["ce_fused"]
-                     + cfg.wc * terms["contrastive"] + kd_scale * cfg.wkd * terms["kd"])
+        if "logits_2d" not in out:
+            terms["ce_3d"] = cross_entropy(logits_3d, labels, cfg.ignore_index)
+            terms["lovasz_3d"] = lovasz_softmax(F.softmax(logits_3d.float(), dim=1), labels, cfg.ignore_index)
+            terms["total"] = terms["ce_3d"] + cfg.w_lovasz * terms["lovasz_3d"]
+            return terms
+        hw = batch.image_hw
+        pair_point = batch.pair_point
+        fused_point, pair_index = out["fused_point"], out["pair_index"]
+        logits_2d_pairs = sample_at_pixels(out["logits_2d"], batch.pair_image, batch.pair_uv, hw).float()
+        terms["ce_2d"] = cross_entropy(logits_2d_pairs, labels[pair_point], cfg.ignore_index)
+        terms["ce_fused"] = cross_entropy(out["logits_fused"], labels[fused_point], cfg.ignore_index)
+        contrastive = logits_3d.new_zeros(())
+        if "emb_3d" in out:
+            sel_point = pair_point[out["nce_pairs"]]
+            same_point = sel_point[:, None] == sel_point[None, :]
+            if cfg.nce_negatives == "other_class":
+                lab = labels[sel_point]
+                same_class = (lab[:, None] == lab[None, :]) & (lab != cfg.ignore_index)[:, None]
+                same_point = same_point | same_class
+            for e3, e2 in zip(out["emb_3d"], out["emb_2d"]):
+                contrastive = contrastive + info_nce(e3, e2, cfg.tau, same_point)
+        terms["contrastive"] = contrastive
+        if cfg.kd_teacher == "fused":
+            teacher = out["logits_fused"].detach().float()
+        else:
+            teacher = scatter_mean(logits_2d_pairs, pair_index, fused_point.shape[0]).detach()
+        real = teacher.clone()
+        real[:, cfg.ignore_index] = float("-inf")  # the teacher's class is a real one
+        confidence, teacher_class = F.softmax(real, dim=1).max(dim=1)
+        taught = confidence >= cfg.kd_min_confidence
+        weight = kd_scale * cfg.wkd
+        if cfg.kd_loss == "kl":
+            terms["ce_3d"] = cross_entropy(logits_3d, labels, cfg.ignore_index)
+            terms["lovasz_3d"] = lovasz_softmax(F.softmax(logits_3d.float(), dim=1), labels, cfg.ignore_index)
+            kd_rows = fused_point[taught]
+            terms["kd"] = kd_kl(logits_3d[kd_rows], teacher[taught], cfg.kd_T)
+            denominator = logits_3d.shape[0] if cfg.kd_average == "all" else fused_point.shape[0]
+            terms["kd"] = terms["kd"] * (kd_rows.shape[0] / max(denominator, 1))
+            kd_total = weight * terms["kd"]
+        else:
+            pseudo = taught & (labels[fused_point] == cfg.ignore_index)
+            pseudo_rows = fused_point[pseudo]
+            targets = labels.clone()
+            if weight > 0:
+                targets[pseudo_rows] = teacher_class[pseudo]
+            row_w = torch.ones_like(labels, dtype=torch.float32)
+            row_w[pseudo_rows] = weight
+            keep = targets != cfg.ignore_index
+            ce_rows = F.cross_entropy(logits_3d.float(), targets, ignore_index=cfg.ignore_index,
+                                      reduction="none")
+            terms["ce_3d"] = ((ce_rows * row_w)[keep].sum() / row_w[keep].sum().clamp_min(1e-12)
+                              if bool(keep.any()) else logits_3d.new_zeros(()))
+            probs_3d = F.softmax(logits_3d.float(), dim=1)
+            terms["lovasz_3d"] = lovasz_softmax(probs_3d, targets, cfg.ignore_index)
+            terms["kd"] = cross_entropy(logits_3d[pseudo_rows], teacher_class[pseudo],
+                                        cfg.ignore_index)  # logged only: it is part of ce_3d
+            kd_total = logits_3d.new_zeros(())
+        total = (terms["ce_3d"] + cfg.w_lovasz * terms["lovasz_3d"] + cfg.w2d * terms["ce_2d"]
+                 + cfg.w_fused * terms["ce_fused"] + cfg.wc * terms["contrastive"] + kd_total)
         terms["total"] = total
         return terms
 
