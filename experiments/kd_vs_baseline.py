@@ -67,7 +67,8 @@ def stage_synth(args: argparse.Namespace) -> None:
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
     """`[METHOD+]NAME:key=value,key=value` -> (`METHOD+NAME`, overrides): a method (xModel-KD unless
-    `baseline_lidar+` is given) with these `--set` overrides, reported as its own method."""
+    `baseline_lidar+` is given) with these `--set` overrides, reported as its own method; `{seed}`
+    in a value becomes the run's seed (e.g. a per-seed init_checkpoint)."""
     name, _, sets = text.partition(":")
     if not name or not sets or any("=" not in kv for kv in sets.split(",")):
         raise argparse.ArgumentTypeError(
@@ -108,7 +109,8 @@ def run_dir(args: argparse.Namespace, key: str, method: str, seed: int) -> Path:
 def train_cmd(args: argparse.Namespace, key: str, method: str, seed: int) -> list[str]:
     _, world, _, fraction = next(s for s in settings(args) if s[0] == key)
     config = method.partition("+")[0]
-    extra = [a for name, sets in args.variants if name == method for kv in sets for a in ("--set", kv)]
+    extra = [a for name, sets in args.variants if name == method for kv in sets
+             for a in ("--set", kv.replace("{seed}", str(seed)))]
     return [str(BIN / "xkd-train"), "--config", f"config/train/{config}.yaml", "--preset", "synth_small",
             *extra,
             "--set", f"data.root={args.data / world}", "--set", f"seed={seed}",

@@ -339,6 +339,28 @@ def test_init_checkpoint_must_fit(baseline_run, scene_root: Path, tmp_path: Path
         Trainer(cfg, progress=False)
 
 
+def test_init_skip_keeps_the_named_parts_fresh(baseline_run, scene_root: Path, tmp_path: Path) -> None:
+    """A trained part (here the UNet) is loaded, the skipped part (the point head) keeps the same
+    fresh init a run without init_checkpoint gets."""
+    _, _, out = baseline_run
+    init = load_checkpoint(out / "last.pt")["model"]
+    fresh = weights(Trainer(tiny_cfg("baseline_lidar.yaml", scene_root, tmp_path / "a", "optim.steps=1"),
+                            progress=False).model)
+    cfg = tiny_cfg("baseline_lidar.yaml", scene_root, tmp_path / "b", "optim.steps=1",
+                   f"init_checkpoint={out / 'last.pt'}", "init_skip=['point_head.']")
+    start = weights(Trainer(cfg, progress=False).model)
+    heads = [k for k in start if k.startswith("point_head.")]
+    assert heads and all(torch.equal(start[k], fresh[k]) for k in heads)
+    assert any(not torch.equal(init[k], fresh[k]) for k in heads)  # the checkpoint's head was trained
+    assert all(torch.equal(start[k], init[k]) for k in start if k.startswith("unet."))
+    bad = tiny_cfg("baseline_lidar.yaml", scene_root, tmp_path / "c", "optim.steps=1",
+                   f"init_checkpoint={out / 'last.pt'}", "init_skip=['image_net.']")
+    with pytest.raises(ValueError, match="matches no parameter"):
+        Trainer(bad, progress=False)
+    with pytest.raises(ConfigError, match="init_skip"):
+        tiny_cfg("baseline_lidar.yaml", scene_root, tmp_path / "d", "init_skip=['unet.']")
+
+
 # ------------------------------------------------------------------------------------------ xkd-eval
 
 

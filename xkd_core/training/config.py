@@ -146,6 +146,9 @@ class TrainConfig:
     ckpt_every: int = 0
     #: Checkpoint whose weights start the run (fine-tuning, e.g. on pair logs); optimiser starts fresh.
     init_checkpoint: str | None = None
+    #: Parameter-name prefixes of `init_checkpoint` left at their fresh init, e.g. ["unet.",
+    #: "point_head."]: a trained camera branch and fused head teach a new LiDAR branch from step 0.
+    init_skip: list[str] = field(default_factory=list)
     #: DDP: allow parameters that get no gradient in a step (e.g. no point-pixel pairs in a batch).
     find_unused_parameters: bool = True
     #: DDP on GPUs: BatchNorm statistics over all ranks (SyncBatchNorm; gloo/CPU has none, there the
@@ -166,6 +169,8 @@ class TrainConfig:
                              f"({self.sparse_backend!r}); choose the backend with sparse_backend only")
         if self.model.use_camera and not self.data.cameras:
             raise ValueError("model.use_camera is true but data.cameras is empty")
+        if self.init_skip and not self.init_checkpoint:
+            raise ValueError("init_skip names parts of init_checkpoint, which is not set")
 
 
 def _deep_merge(base: dict, update: dict) -> dict:

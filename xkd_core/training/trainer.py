@@ -132,10 +132,15 @@ class Trainer:
         return torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
 
     def _load_init_weights(self, model: torch.nn.Module, path: str) -> None:
-        """Start from a checkpoint's weights (fine-tuning); parts the checkpoint lacks keep their init."""
+        """Start from a checkpoint's weights (fine-tuning); parts the checkpoint lacks, and those that
+        `init_skip` names, keep their init."""
         ckpt = load_checkpoint(path, map_location="cpu")
+        skip = tuple(self.cfg.init_skip)
+        state = {k: v for k, v in ckpt["model"].items() if not (skip and k.startswith(skip))}
+        if skip and len(state) == len(ckpt["model"]):
+            raise ValueError(f"init_skip {list(skip)} matches no parameter of {path}")
         try:
-            result = model.load_state_dict(ckpt["model"], strict=False)
+            result = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:
             raise ValueError(f"init_checkpoint {path} does not fit model config: {exc}") from exc
         if self.info.is_main:
