@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -69,8 +70,9 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     """`[METHOD+]NAME:key=value,key=value` -> (`METHOD+NAME`, overrides): a method (xModel-KD unless
     `baseline_lidar+` is given) with these `--set` overrides, reported as its own method; `{seed}`
     in a value becomes the run's seed (e.g. a per-seed init_checkpoint)."""
-    name, _, sets = text.partition(":")
-    if not name or not sets or any("=" not in kv for kv in sets.split(",")):
+    name, _, rest = text.partition(":")
+    sets = re.split(r",(?=[\w.]+=)", rest) if rest else []  # a value may hold commas: k=[a, b]
+    if not name or not sets or any("=" not in kv for kv in sets):
         raise argparse.ArgumentTypeError(
             f"variant must be [METHOD+]NAME:KEY=VALUE[,KEY=VALUE...], got {text!r}")
     base, plus, short = name.rpartition("+")
@@ -78,7 +80,7 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
         base, short = "xmodel_kd", name
     if base not in METHODS or not short:
         raise argparse.ArgumentTypeError(f"variant {text!r}: METHOD must be one of {list(METHODS)}")
-    return f"{base}+{short}", sets.split(",")
+    return f"{base}+{short}", sets
 
 
 def methods(args: argparse.Namespace) -> list[str]:

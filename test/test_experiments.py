@@ -90,6 +90,8 @@ def test_a_baseline_variant_trains_the_baseline_config(tmp_path: Path) -> None:
     assert exp.eval_dirs("baseline_lidar+oracle") == {"eval3d": False}  # no camera branch to fuse
     with pytest.raises(argparse.ArgumentTypeError, match="METHOD"):
         exp.parse_variant("teacher+x:model.wkd=1")
-    per_seed = exp.parse_variant("warm:init_checkpoint=runs/kd/seed{seed}/last.pt")
+    per_seed = exp.parse_variant("warm:init_checkpoint=runs/kd/seed{seed}/last.pt,"
+                                 "init_skip=[unet.,point_head.]")
+    assert per_seed[1] == ["init_checkpoint=runs/kd/seed{seed}/last.pt", "init_skip=[unet.,point_head.]"]
     args.variants = [per_seed]
     assert "init_checkpoint=runs/kd/seed3/last.pt" in exp.train_cmd(args, "w-labels0.02", "xmodel_kd+warm", 3)
