@@ -251,65 +251,61 @@ class XModelKD(nn.Module):
         labels = batch.labels
         logits_3d = out["logits_3d"]
         terms: dict[str, Tensor] = {}
-        if "logits_2d" not in out:
-            terms["ce_3d"] = cross_entropy(logits_3d, labels, cfg.ignore_index)
-            terms["lovasz_3d"] = lovasz_softmax(F.softmax(logits_3d.float(), dim=1), labels, cfg.ignore_index)
-            terms["total"] = terms["ce_3d"] + cfg.w_lovasz * terms["lovasz_3d"]
-            return terms
-        hw = batch.image_hw
-        pair_point = batch.pair_point
-        fused_point, pair_index = out["fused_point"], out["pair_index"]
-        logits_2d_pairs = sample_at_pixels(out["logits_2d"], batch.pair_image, batch.pair_uv, hw).float()
-        terms["ce_2d"] = cross_entropy(logits_2d_pairs, labels[pair_point], cfg.ignore_index)
-        terms["ce_fused"] = cross_entropy(out["logits_fused"], labels[fused_point], cfg.ignore_index)
-        contrastive = logits_3d.new_zeros(())
-        if "emb_3d" in out:
-            sel_point = pair_point[out["nce_pairs"]]
-            same_point = sel_point[:, None] == sel_point[None, :]
-            if cfg.nce_negatives == "other_class":
-                lab = labels[sel_point]
-                same_class = (lab[:, None] == lab[None, :]) & (lab != cfg.ignore_index)[:, None]
-                same_point = same_point | same_class
-            for e3, e2 in zip(out["emb_3d"], out["emb_2d"]):
-                contrastive = contrastive + info_nce(e3, e2, cfg.tau, same_point)
-        terms["contrastive"] = contrastive
-        if cfg.kd_teacher == "fused":
-            teacher = out["logits_fused"].detach().float()
-        else:
-            teacher = scatter_mean(logits_2d_pairs, pair_index, fused_point.shape[0]).detach()
-        real = teacher.clone()
-        real[:, cfg.ignore_index] = float("-inf")  # the teacher's class is a real one
-        confidence, teacher_class = F.softmax(real, dim=1).max(dim=1)
-        taught = confidence >= cfg.kd_min_confidence
-        weight = kd_scale * cfg.wkd
-        if cfg.kd_loss == "kl":
-            terms["ce_3d"] = cross_entropy(logits_3d, labels, cfg.ignore_index)
-            terms["lovasz_3d"] = lovasz_softmax(F.softmax(logits_3d.float(), dim=1), labels, cfg.ignore_index)
-            kd_rows = fused_point[taught]
-            terms["kd"] = kd_kl(logits_3d[kd_rows], teacher[taught], cfg.kd_T)
-            denominator = logits_3d.shape[0] if cfg.kd_average == "all" else fused_point.shape[0]
-            terms["kd"] = terms["kd"] * (kd_rows.shape[0] / max(denominator, 1))
-            kd_total = weight * terms["kd"]
-        else:
-            pseudo = taught & (labels[fused_point] == cfg.ignore_index)
-            pseudo_rows = fused_point[pseudo]
-            targets = labels.clone()
-            if weight > 0:
-                targets[pseudo_rows] = teacher_class[pseudo]
-            row_w = torch.ones_like(labels, dtype=torch.float32)
-            row_w[pseudo_rows] = weight
-            keep = targets != cfg.ignore_index
-            ce_rows = F.cross_entropy(logits_3d.float(), targets, ignore_index=cfg.ignore_index,
-                                      reduction="none")
-            terms["ce_3d"] = ((ce_rows * row_w)[keep].sum() / row_w[keep].sum().clamp_min(1e-12)
-                              if bool(keep.any()) else logits_3d.new_zeros(()))
-            probs_3d = F.softmax(logits_3d.float(), dim=1)
-            terms["lovasz_3d"] = lovasz_softmax(probs_3d, targets, cfg.ignore_index)
-            terms["kd"] = cross_entropy(logits_3d[pseudo_rows], teacher_class[pseudo],
-                                        cfg.ignore_index)  # logged only: it is part of ce_3d
-            kd_total = logits_3d.new_zeros(())
-        total = (terms["ce_3d"] + cfg.w_lovasz * terms["lovasz_3d"] + cfg.w2d * terms["ce_2d"]
-                 + cfg.w_fused * terms["ce_fused"] + cfg.wc * terms["contrastive"] + kd_total)
+        targets, target_weight = labels, None  # what the 3D CE and Lovasz learn from
+        total = logits_3d.new_zeros(())
+        if "logits_2d" in out:
+            hw = batch.image_hw
+            pair_point = batch.pair_point
+            fused_point, pair_index = out["fused_point"], out["pair_index"]
+            logits_2d_pairs = sample_at_pixels(out["logits_2d"], batch.pair_image, batch.pair_uv, hw).float()
+            terms["ce_2d"] = cross_entropy(logits_2d_pairs, labels[pair_point], cfg.ignore_index)
+            terms["ce_fused"] = cross_entropy(out["logits_fused"], labels[fused_point], cfg.ignore_index)
+            contrastive = logits_3d.new_zeros(())
+            if "emb_3d" in out:
+                sel_point = pair_point[out["nce_pairs"]]
+                same_point = sel_point[:, None] == sel_point[None, :]
+                if cfg.nce_negatives == "other_class":
+                    lab = labels[sel_point]
+                    same_class = (lab[:, None] == lab[None, :]) & (lab != cfg.ignore_index)[:, None]
+                    same_point = same_point | same_class
+                for e3, e2 in zip(out["emb_3d"], out["emb_2d"]):
+                    contrastive = contrastive + info_nce(e3, e2, cfg.tau, same_point)
+            terms["contrastive"] = contrastive
+            if cfg.kd_teacher == "fused":
+                teacher = out["logits_fused"].detach().float()
+            else:
+                teacher = scatter_mean(logits_2d_pairs, pair_index, fused_point.shape[0]).detach()
+            real = teacher.clone()
+            real[:, cfg.ignore_index] = float("-inf")  # the teacher's class is a real one
+            confidence, teacher_class = F.softmax(real, dim=1).max(dim=1)
+            taught = confidence >= cfg.kd_min_confidence
+            weight = kd_scale * cfg.wkd
+            if cfg.kd_loss == "kl":
+                kd_rows = fused_point[taught]
+                kd = kd_kl(logits_3d[kd_rows], teacher[taught], cfg.kd_T)
+                denominator = logits_3d.shape[0] if cfg.kd_average == "all" else fused_point.shape[0]
+                terms["kd"] = kd * (kd_rows.shape[0] / max(denominator, 1))
+                total = total + weight * terms["kd"]
+            else:
+                pseudo = taught & (labels[fused_point] == cfg.ignore_index)
+                pseudo_rows = fused_point[pseudo]
+                terms["kd"] = cross_entropy(logits_3d[pseudo_rows], teacher_class[pseudo],
+                                            cfg.ignore_index)  # logged only: it is part of ce_3d
+                if weight > 0:
+                    targets = labels.clone()
+                    targets[pseudo_rows] = teacher_class[pseudo]
+                    target_weight = torch.ones_like(labels, dtype=torch.float32)
+                    target_weight[pseudo_rows] = weight
+            total = (total + cfg.w2d * terms["ce_2d"] + cfg.w_fused * terms["ce_fused"]
+                     + cfg.wc * terms["contrastive"])
+        keep = targets != cfg.ignore_index
+        if target_weight is None or not bool(keep.any()):
+            terms["ce_3d"] = cross_entropy(logits_3d, targets, cfg.ignore_index)
+        else:  # a pseudo-labelled point weighs wkd times a labeled one
+            rows = F.cross_entropy(logits_3d.float()[keep], targets[keep], reduction="none")
+            terms["ce_3d"] = (rows * target_weight[keep]).sum() / target_weight[keep].sum()
+        terms["lovasz_3d"] = lovasz_softmax(F.softmax(logits_3d.float(), dim=1), targets, cfg.ignore_index)
+        total = total + terms["ce_3d"] + cfg.w_lovasz * terms["lovasz_3d"]
         terms["total"] = total
         return terms
 
