@@ -42,8 +42,6 @@ def fastdds_profile(arg: str) -> Path | None:
     return path.resolve()
 
 
-
-
 def _package_version(name: str) -> str | None:
     try:
         return importlib.metadata.version(name)

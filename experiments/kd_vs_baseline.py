@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="[METHOD+]NAME:KEY=VALUE,...: xModel-KD (or METHOD, e.g. baseline_lidar) with these "
                         "overrides, reported as method METHOD+NAME")
     p.add_argument("--methods", nargs="+", default=None,
-                   help="only these methods (baseline_lidar, xmodel_kd, xmodel_kd+NAME); default all")
+                   help="only these methods (baseline_lidar, xmodel_kd, METHOD+NAME); default all")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--scans", type=int, default=60, help="frames per synthetic sequence")

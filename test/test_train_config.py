@@ -152,17 +152,15 @@ def test_label_fraction_keeps_the_same_labeled_points_every_time() -> None:
 
 def test_label_frustum_adds_every_point_a_camera_sees() -> None:
     import numpy as np
+    from model_fixtures import camera
 
-    from xkd_core.data.frame import CameraView, Frame
+    from xkd_core.data.frame import Frame
     from xkd_core.geometry.projection import in_any_view, views_of
     from xkd_core.training.data import keep_label_fraction
 
     rng = np.random.default_rng(1)
     pts = rng.uniform(-30, 30, size=(20000, 4)).astype(np.float32)
-    # a camera looking along LiDAR +x (camera z = LiDAR x, camera x = -LiDAR y, camera y = -LiDAR z)
-    T = np.array([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]])
-    K = np.array([[100.0, 0.0, 50.0], [0.0, 100.0, 40.0], [0.0, 0.0, 1.0]])
-    view = CameraView(np.zeros((80, 100, 3), np.uint8), K, T, "cam")
+    view = camera(rng, hw=(80, 100))  # looking along LiDAR +x
     frame = Frame(points=pts, labels=rng.integers(1, 20, 20000), views=[view], sequence="00", frame_id="1")
     seen = in_any_view(pts[:, :3], views_of([view]))
     assert 0.01 < seen.mean() < 0.5

@@ -105,9 +105,10 @@ def in_any_view(xyz: np.ndarray, views: Sequence[ViewGeometry]) -> np.ndarray:
 
     Non-finite points are simply outside every view.
     """
-    mask = np.zeros(len(_check_xyz(xyz)), dtype=bool)
     with np.errstate(invalid="ignore"):
-        mask[point_pixel_pairs(xyz, views).point] = True
+        seen = point_pixel_pairs(xyz, views).point  # validates xyz
+    mask = np.zeros(len(xyz), dtype=bool)
+    mask[seen] = True
     return mask
 
 
