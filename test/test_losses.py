@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from xkd_core.losses import cross_entropy, info_nce, kd_kl, lovasz_softmax
+from xkd_core.losses import class_balance_weights, cross_entropy, info_nce, kd_kl, lovasz_softmax
 
 
 @pytest.fixture(autouse=True)
@@ -100,3 +100,19 @@ def test_cross_entropy_ignores_label_zero_and_never_returns_nan():
     assert float(empty) == 0.0
     empty.backward()  # still attached to the graph
     assert logits.grad is not None
+
+
+def test_class_balance_weights_by_hand():
+    # the teacher predicts classes 1 and 2 four times each; the threshold keeps three 1s and one 2
+    predicted = torch.tensor([1, 1, 1, 1, 2, 2, 2, 2])
+    selected = torch.tensor([1, 1, 1, 2])
+    w = class_balance_weights(predicted, selected, 4)
+    # each class gets half of the total weight 4: 2 over three class-1 rows, 2 on the class-2 row
+    torch.testing.assert_close(w, torch.tensor([2 / 3, 2 / 3, 2 / 3, 2.0]))
+    torch.testing.assert_close(w.sum(), torch.tensor(4.0))
+    # class 3 predicted but never selected: its share goes to the others, the total stays
+    w3 = class_balance_weights(torch.tensor([1, 1, 2, 2, 3, 3]), torch.tensor([1, 2, 2]), 4)
+    torch.testing.assert_close(w3, torch.tensor([1.5, 0.75, 0.75]))
+    # selection in the teacher's own proportions changes nothing
+    torch.testing.assert_close(class_balance_weights(predicted, torch.tensor([1, 2]), 4), torch.ones(2))
+    assert class_balance_weights(predicted, torch.tensor([], dtype=torch.long), 4).numel() == 0

@@ -318,3 +318,38 @@ def test_pseudo_labels_fill_the_unlabeled_paired_points_and_weigh_wkd():
     # off at weight 0 (e.g. the first step of a KD ramp)
     model.cfg.kd_min_confidence = 0.0
     torch.testing.assert_close(model.loss(out, batch, kd_scale=0.0)["ce_3d"], plain["ce_3d"])
+
+
+def test_kd_class_balance_reweights_pseudo_labels_to_the_teachers_class_frequencies():
+    batch = _batch(10)
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(kd_loss="pseudo_label", kd_class_balance=True, wkd=0.5,
+                                 w_lovasz=0.0)).train()
+    out = model(batch)
+    fp = out["fused_point"]
+    labels = batch.labels.clone()
+    labels[fp] = 0  # every paired point is a pseudo-label candidate
+    batch.labels = labels
+    teacher = out["logits_fused"].detach().float()
+    teacher[:, 0] = float("-inf")
+    conf, cls = torch.softmax(teacher, dim=1).max(dim=1)
+    thr = float(conf.median())
+    model.cfg.kd_min_confidence = thr
+    sel = conf >= thr
+    assert 0 < int(sel.sum()) < len(conf)
+    # by hand: class c's rows share wkd * #selected * n_pred(c) / (n_pred summed over selected classes)
+    n_pred = torch.bincount(cls, minlength=20).float()
+    n_sel = torch.bincount(cls[sel], minlength=20).float()
+    share = n_pred[n_sel > 0].sum()
+    targets = labels.clone()
+    targets[fp[sel]] = cls[sel]
+    weight = torch.ones(len(labels))
+    weight[fp[sel]] = 0.5 * (n_pred / n_sel.clamp(min=1))[cls[sel]] * int(sel.sum()) / share
+    torch.testing.assert_close(weight[fp[sel]].sum(), torch.tensor(0.5 * int(sel.sum())))
+    assert weight[fp[sel]].std() > 0.01  # the threshold did skew the classes: balancing changes weights
+    ce = F.cross_entropy(out["logits_3d"].float(), targets, ignore_index=0, reduction="none")
+    keep = targets != 0
+    want = (ce * weight)[keep].sum() / weight[keep].sum()
+    torch.testing.assert_close(model.loss(out, batch)["ce_3d"], want)
+    with pytest.raises(ValueError, match="kd_class_balance"):
+        tiny_config(kd_class_balance=True)  # the default kd_loss is the KL

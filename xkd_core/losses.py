@@ -96,3 +96,24 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
     log_s = F.log_softmax(student_logits.float() / T, dim=1)
     log_t = F.log_softmax(teacher_logits.detach().float() / T, dim=1)
     return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean") * (T * T)
+
+
+def class_balance_weights(predicted: Tensor, selected: Tensor, num_classes: int) -> Tensor:
+    """Per-row weights of the `selected` pseudo-labels (class ids) that give each class a summed
+    weight in proportion to its count among all `predicted` rows, the total kept at len(selected).
+
+    Why: a confidence threshold passes more of the easy classes than of the hard ones; reweighting
+    gives the student the teacher's class frequencies back, not the threshold's. Classes predicted
+    but never selected get nothing (no row to carry them); their share goes to the others.
+    """
+    if selected.numel() == 0:
+        return torch.ones(0, device=selected.device)
+    n_pred = torch.bincount(predicted, minlength=num_classes).float()
+    n_sel = torch.bincount(selected, minlength=num_classes).float()
+    present = n_sel > 0
+    per_class = torch.zeros_like(n_pred)
+    per_class[present] = n_pred[present] / n_sel[present]
+    share = n_pred[present].sum()
+    if share <= 0:  # selected rows whose classes were never predicted: leave them as they are
+        return torch.ones(selected.shape[0], device=selected.device)
+    return per_class[selected] * (selected.shape[0] / share)

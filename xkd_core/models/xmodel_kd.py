@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from xkd_core.classes import IGNORE_INDEX, NUM_CLASSES
 from xkd_core.data.collate import Batch
 from xkd_core.geometry.voxelize import scatter_mean, voxelize
-from xkd_core.losses import cross_entropy, info_nce, kd_kl, lovasz_softmax
+from xkd_core.losses import class_balance_weights, cross_entropy, info_nce, kd_kl, lovasz_softmax
 from xkd_core.models.heads import FusionHead, PointHead, ProjectionHead
 from xkd_core.models.image_net import ImageNet, sample_at_pixels
 from xkd_core.models.sparse_backend import BACKENDS, Backend, get_spconv
@@ -76,6 +76,12 @@ class ModelConfig:
     kd_loss: Literal["kl", "pseudo_label"] = "kl"
     # Points where the teacher's softmax maximum is below this are not taught (0: all paired points).
     kd_min_confidence: float = 0.0
+    # pseudo_label only. A confidence threshold keeps more of the easy classes (road) than of the hard
+    # ones (sidewalk, pole), so the pseudo-labels carry a class prior the teacher does not hold. True:
+    # each class's pseudo-labelled points are reweighted so that their summed weight is in
+    # proportion to how many unlabeled paired points the teacher gives that class (in the batch),
+    # the total pseudo-label weight unchanged (class-balanced self-training, Zou et al., ECCV 2018).
+    kd_class_balance: bool = False
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -116,6 +122,8 @@ class ModelConfig:
              f"kd_loss must be 'kl' or 'pseudo_label', got {self.kd_loss!r}")
         need(0.0 <= self.kd_min_confidence < 1.0,
              f"kd_min_confidence must lie in [0, 1), got {self.kd_min_confidence}")
+        need(not self.kd_class_balance or self.kd_loss == "pseudo_label",
+             "kd_class_balance needs kd_loss: pseudo_label (it reweights pseudo-labels)")
         depth = len(self.unet_channels) - 1
         for i, pair in enumerate(self.scales):
             need(len(pair) == 2, f"scales[{i}] must be [3d level, fpn level], got {pair}")
@@ -296,6 +304,10 @@ class XModelKD(nn.Module):
                     targets[pseudo_rows] = teacher_class[pseudo]
                     target_weight = torch.ones_like(labels, dtype=torch.float32)
                     target_weight[pseudo_rows] = weight
+                    if cfg.kd_class_balance and pseudo_rows.numel():
+                        unlabeled = labels[fused_point] == cfg.ignore_index
+                        target_weight[pseudo_rows] = weight * class_balance_weights(
+                            teacher_class[unlabeled], teacher_class[pseudo], logits_3d.shape[1])
             total = (total + cfg.w2d * terms["ce_2d"] + cfg.w_fused * terms["ce_fused"]
                      + cfg.wc * terms["contrastive"])
         keep = targets != cfg.ignore_index
