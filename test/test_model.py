@@ -181,6 +181,12 @@ def test_kd_ramp_scales_only_the_distillation_term():
     torch.testing.assert_close(full["total"] - quarter["total"], 0.75 * 2.0 * full["kd"])
     with pytest.raises(ValueError, match="kd_ramp_steps"):
         tiny_config(kd_ramp_steps=-1)
+    delayed = XModelKD(tiny_config(kd_start_step=100, kd_ramp_steps=40))
+    assert [delayed.kd_scale(s) for s in (0, 99, 100, 110, 140, 400)] == [0.0, 0.0, 0.0, 0.25, 1.0, 1.0]
+    assert XModelKD(tiny_config(kd_start_step=100)).kd_scale(99) == 0.0
+    assert XModelKD(tiny_config(kd_start_step=100)).kd_scale(100) == 1.0
+    with pytest.raises(ValueError, match="kd_start_step"):
+        tiny_config(kd_start_step=-1)
 
 
 def test_sample_at_pixels_reads_the_right_place_in_every_image():

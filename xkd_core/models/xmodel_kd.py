@@ -69,6 +69,9 @@ class ModelConfig:
     # KD weight ramped linearly from 0 to wkd over the first N optimizer steps (0: full weight from
     # the start). The fused teacher learns alongside its student and predicts noise at first.
     kd_ramp_steps: int = 0
+    # No distillation before this optimizer step (the ramp, if any, starts here): the teacher learns
+    # from the labels alone first, within the run's own budget.
+    kd_start_step: int = 0
     # How the teacher teaches. "kl": the KL at temperature kd_T (SPEC section 3). "pseudo_label": the
     # teacher's class becomes the label of paired points that have none, and the 3D CE and Lovasz run
     # on labels and pseudo-labels together, a pseudo-labelled point weighing wkd times a labeled one
@@ -110,6 +113,7 @@ class ModelConfig:
         for name in ("w_lovasz", "w2d", "w_fused", "wc", "wkd"):
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(self.kd_ramp_steps >= 0, f"kd_ramp_steps must be >= 0, got {self.kd_ramp_steps}")
+        need(self.kd_start_step >= 0, f"kd_start_step must be >= 0, got {self.kd_start_step}")
         need(self.tau > 0, f"tau must be > 0, got {self.tau}")
         need(self.kd_T > 0, f"kd_T must be > 0, got {self.kd_T}")
         need(self.kd_teacher in ("fused", "2d"),
@@ -243,7 +247,11 @@ class XModelKD(nn.Module):
     # ---------------------------------------------------------------------------------------- loss
 
     def kd_scale(self, step: int) -> float:
-        """Factor on `wkd` at optimizer step `step` (0-based): the `kd_ramp_steps` linear ramp."""
+        """Factor on `wkd` at optimizer step `step` (0-based): 0 before `kd_start_step`, then the
+        `kd_ramp_steps` linear ramp."""
+        step -= self.cfg.kd_start_step
+        if step < 0:
+            return 0.0
         ramp = self.cfg.kd_ramp_steps
         return 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
