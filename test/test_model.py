@@ -359,3 +359,49 @@ def test_kd_class_balance_reweights_pseudo_labels_to_the_teachers_class_frequenc
     torch.testing.assert_close(model.loss(out, batch)["ce_3d"], want)
     with pytest.raises(ValueError, match="kd_class_balance"):
         tiny_config(kd_class_balance=True)  # the default kd_loss is the KL
+
+
+def test_kd_blind_recall_tracks_the_teachers_recall_and_keeps_its_blind_classes_from_the_student():
+    model = XModelKD(tiny_config(kd_loss="pseudo_label", kd_blind_recall=0.5, kd_blind_decay=0.5))
+    assert model.teacher_recall.shape == (2, 20) and "teacher_recall" in model.state_dict()
+    truth, teacher = torch.tensor([1, 1, 2, 2, 0]), torch.tensor([1, 3, 3, 3, 1])
+    blind = model._update_teacher_recall(truth, teacher)
+    torch.testing.assert_close(model.teacher_recall[:, 1:4], torch.tensor([[1.0, 1.0, 0.0], [0.5, 0.0, 0.0]]))
+    assert blind.nonzero().flatten().tolist() == [2]  # class 1 at recall 0.5 is not; 3 was never labelled
+    blind = model._update_teacher_recall(torch.tensor([2, 2]), torch.tensor([2, 2]))
+    # class 2: counted 0.5 * 2 + 0.5 * 2 = 2, right 0 + 0.5 * 2 = 1 -> recall 0.5, no longer blind
+    assert not bool(blind.any())
+    assert not hasattr(XModelKD(tiny_config()), "teacher_recall")  # off: no buffer, checkpoints as before
+    with pytest.raises(ValueError, match="kd_blind_recall"):
+        tiny_config(kd_blind_recall=1.5)
+
+    # in the loss: unlabelled paired points the student gives a blind class get no pseudo-label
+    batch = _batch(11)
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(kd_loss="pseudo_label", kd_blind_recall=0.5, kd_blind_decay=1e-6,
+                                 w_lovasz=0.0)).train()
+    out = model(batch)
+    fp = out["fused_point"]
+    labels = batch.labels.clone()
+    labels[fp[1::2]] = 0  # half the paired points are pseudo-label candidates
+    batch.labels = labels
+    student = out["logits_3d"][fp].detach().argmax(dim=1)
+    teacher = out["logits_fused"].detach().float()
+    teacher[:, 0] = float("-inf")
+    teacher_class = teacher.argmax(dim=1)
+    known = labels[fp] != 0
+    # the teacher's recall on this batch decides (decay ~0): pick the student class it is worst at
+    seen = torch.bincount(labels[fp][known], minlength=20).float()
+    hits = torch.bincount(labels[fp][known & (teacher_class == labels[fp])], minlength=20).float()
+    blind = (seen > 0) & (hits < 0.5 * seen)
+    cand = labels[fp] == 0
+    assert bool(blind[student[cand]].any()) and not bool(blind[student[cand]].all())
+    pseudo = cand & ~blind[student]
+    targets = labels.clone()
+    targets[fp[pseudo]] = teacher_class[pseudo]
+    weight = torch.ones(len(labels))
+    weight[fp[pseudo]] = model.cfg.wkd
+    ce = F.cross_entropy(out["logits_3d"].float(), targets, ignore_index=0, reduction="none")
+    keep = targets != 0
+    want = (ce * weight)[keep].sum() / weight[keep].sum()
+    torch.testing.assert_close(model.loss(out, batch)["ce_3d"], want)

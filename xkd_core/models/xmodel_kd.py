@@ -85,6 +85,12 @@ class ModelConfig:
     # proportion to how many unlabeled paired points the teacher gives that class (in the batch),
     # the total pseudo-label weight unchanged (class-balanced self-training, Zou et al., ECCV 2018).
     kd_class_balance: bool = False
+    # Classes the teacher cannot see (thin poles and trunks in a small image) get its neighbours'
+    # class with high confidence. > 0: the teacher's recall per class is tracked on the labelled
+    # paired points (a running average, decay kd_blind_decay per step), and a point the student
+    # assigns to a class whose recall is below this is not taught. 0: off.
+    kd_blind_recall: float = 0.0
+    kd_blind_decay: float = 0.99
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -126,6 +132,10 @@ class ModelConfig:
              f"kd_loss must be 'kl' or 'pseudo_label', got {self.kd_loss!r}")
         need(0.0 <= self.kd_min_confidence < 1.0,
              f"kd_min_confidence must lie in [0, 1), got {self.kd_min_confidence}")
+        need(0.0 <= self.kd_blind_recall <= 1.0,
+             f"kd_blind_recall must lie in [0, 1], got {self.kd_blind_recall}")
+        need(0.0 < self.kd_blind_decay < 1.0,
+             f"kd_blind_decay must lie in (0, 1), got {self.kd_blind_decay}")
         need(not self.kd_class_balance or self.kd_loss == "pseudo_label",
              "kd_class_balance needs kd_loss: pseudo_label (it reweights pseudo-labels)")
         depth = len(self.unet_channels) - 1
@@ -154,6 +164,10 @@ class XModelKD(nn.Module):
                                          for l3, _ in cfg.scales)
             self.proj_2d = nn.ModuleList(ProjectionHead(cfg.fpn_dim, cfg.embed_dim) for _ in cfg.scales)
             self.fusion_head = FusionHead(c0, cfg.fpn_dim, cfg.fusion_hidden, cfg.num_classes)
+            if cfg.kd_blind_recall > 0:
+                # running [labelled paired points, of them the teacher got right] per true class; a
+                # buffer, so checkpoints and exact resume carry it (DDP broadcasts rank 0's)
+                self.register_buffer("teacher_recall", torch.zeros(2, cfg.num_classes, device=device))
 
     @classmethod
     def from_config(cls, cfg: ModelConfig, device: torch.device | str | None = None) -> XModelKD:
@@ -255,6 +269,18 @@ class XModelKD(nn.Module):
         ramp = self.cfg.kd_ramp_steps
         return 1.0 if ramp <= 0 else min(1.0, step / ramp)
 
+    @torch.no_grad()
+    def _update_teacher_recall(self, truth: Tensor, teacher_class: Tensor) -> Tensor:
+        """Fold this batch's labelled paired points into the running teacher recall; (C,) bool of the
+        classes it is blind to (recall below `kd_blind_recall`; a class never seen is not)."""
+        c, decay = self.cfg.num_classes, self.cfg.kd_blind_decay
+        known = truth != self.cfg.ignore_index
+        seen = torch.bincount(truth[known], minlength=c).float()
+        hits = torch.bincount(truth[known & (teacher_class == truth)], minlength=c).float()
+        self.teacher_recall.mul_(decay).add_((1 - decay) * torch.stack([seen, hits]))
+        counted, right = self.teacher_recall
+        return (counted > 0) & (right < self.cfg.kd_blind_recall * counted)
+
     def loss(self, out: dict[str, Any], batch: Batch, kd_scale: float = 1.0) -> dict[str, Tensor]:
         """All loss terms and `total` = ce_3d + w_lovasz lovasz_3d [+ w2d ce_2d + w_fused ce_fused
         + wc contrastive + kd_scale wkd kd when the camera branch ran]. Needs `batch.labels`.
@@ -295,6 +321,9 @@ class XModelKD(nn.Module):
             real[:, cfg.ignore_index] = float("-inf")  # the teacher's class is a real one
             confidence, teacher_class = F.softmax(real, dim=1).max(dim=1)
             taught = confidence >= cfg.kd_min_confidence
+            if cfg.kd_blind_recall > 0:
+                blind = self._update_teacher_recall(labels[fused_point], teacher_class)
+                taught = taught & ~blind[logits_3d[fused_point].detach().argmax(dim=1)]
             weight = kd_scale * cfg.wkd
             if cfg.kd_loss == "kl":
                 kd_rows = fused_point[taught]
