@@ -11,7 +11,7 @@ from model_fixtures import camera, random_frame, tiny_config
 from xkd_core.config import ConfigError, from_dict
 from xkd_core.data.collate import collate, prepare_sample
 from xkd_core.geometry.voxelize import voxelize
-from xkd_core.losses import kd_kl
+from xkd_core.losses import class_balance_weights, kd_kl, lovasz_softmax
 from xkd_core.models.image_net import ImageNet, build_encoder, sample_at_pixels
 from xkd_core.models.sparse_unet import SparseUNet, point_rows_at_level
 from xkd_core.models.xmodel_kd import ModelConfig, XModelKD
@@ -405,3 +405,42 @@ def test_kd_blind_recall_tracks_the_teachers_recall_and_keeps_its_blind_classes_
     keep = targets != 0
     want = (ce * weight)[keep].sum() / weight[keep].sum()
     torch.testing.assert_close(model.loss(out, batch)["ce_3d"], want)
+
+
+def test_kd_pseudo_mix_separate_keeps_the_labels_own_mean_and_adds_the_pseudo_label_ce():
+    batch = _batch(10)
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(kd_loss="pseudo_label", kd_pseudo_mix="separate", wkd=0.5)).train()
+    out = model(batch)
+    fp = out["fused_point"]
+    labels = batch.labels.clone()
+    labels[fp[::2]] = 0
+    batch.labels = labels
+    terms = model.loss(out, batch)
+    teacher = out["logits_fused"].detach().float().clone()  # not in place: the loss reads it again
+    teacher[:, 0] = float("-inf")
+    pseudo = labels[fp] == 0
+    logits = out["logits_3d"].float()
+    # the labels alone in ce_3d and lovasz_3d, as without a teacher
+    torch.testing.assert_close(terms["ce_3d"], F.cross_entropy(logits, labels, ignore_index=0))
+    torch.testing.assert_close(terms["lovasz_3d"], lovasz_softmax(F.softmax(logits, dim=1), labels, 0))
+    want_kd = F.cross_entropy(logits[fp[pseudo]], teacher.argmax(dim=1)[pseudo])
+    torch.testing.assert_close(terms["kd"], want_kd)
+    expected = (terms["ce_3d"] + model.cfg.w_lovasz * terms["lovasz_3d"] + 0.5 * want_kd
+                + model.cfg.w2d * terms["ce_2d"] + model.cfg.w_fused * terms["ce_fused"]
+                + model.cfg.wc * terms["contrastive"])
+    torch.testing.assert_close(terms["total"], expected)
+    # kd_scale 0 (before kd_start_step) leaves the labels' loss alone
+    plain = model.loss(out, batch, kd_scale=0.0)
+    torch.testing.assert_close(plain["total"], expected - 0.5 * want_kd)
+    # with a threshold and class balance, the pseudo-label CE is the balanced mean over the taught
+    conf, cls = torch.softmax(teacher, dim=1).max(dim=1)
+    thr = float(conf[pseudo].median())
+    model.cfg.kd_min_confidence, model.cfg.kd_class_balance = thr, True
+    taught = pseudo & (conf >= thr)
+    w = class_balance_weights(cls[pseudo], cls[taught], 20)
+    assert w.std() > 0.01
+    rows = F.cross_entropy(logits[fp[taught]], cls[taught], reduction="none")
+    torch.testing.assert_close(model.loss(out, batch)["kd"], (rows * w).sum() / w.sum())
+    with pytest.raises(ValueError, match="kd_pseudo_mix"):
+        tiny_config(kd_pseudo_mix="mean")

@@ -85,6 +85,12 @@ class ModelConfig:
     # proportion to how many unlabeled paired points the teacher gives that class (in the batch),
     # the total pseudo-label weight unchanged (class-balanced self-training, Zou et al., ECCV 2018).
     kd_class_balance: bool = False
+    # pseudo_label only. "pooled": pseudo-labels join the labels in one 3D CE and Lovasz, a
+    # pseudo-labelled point weighing wkd times a label, so with few labels they outnumber and dilute
+    # the labels (and the label's class balance). "separate": the 3D CE and Lovasz see the labels
+    # alone and wkd times the mean CE over the pseudo-labelled points is added, as semi-supervised
+    # methods (FixMatch) add their unlabelled term.
+    kd_pseudo_mix: Literal["pooled", "separate"] = "pooled"
     # Classes the teacher cannot see (thin poles and trunks in a small image) get its neighbours'
     # class with high confidence. > 0: the teacher's recall per class is tracked on the labelled
     # paired points (a running average, decay kd_blind_decay per step), and a point the student
@@ -136,6 +142,8 @@ class ModelConfig:
              f"kd_blind_recall must lie in [0, 1], got {self.kd_blind_recall}")
         need(0.0 < self.kd_blind_decay < 1.0,
              f"kd_blind_decay must lie in (0, 1), got {self.kd_blind_decay}")
+        need(self.kd_pseudo_mix in ("pooled", "separate"),
+             f"kd_pseudo_mix must be 'pooled' or 'separate', got {self.kd_pseudo_mix!r}")
         need(not self.kd_class_balance or self.kd_loss == "pseudo_label",
              "kd_class_balance needs kd_loss: pseudo_label (it reweights pseudo-labels)")
         depth = len(self.unet_channels) - 1
@@ -284,9 +292,10 @@ class XModelKD(nn.Module):
     def loss(self, out: dict[str, Any], batch: Batch, kd_scale: float = 1.0) -> dict[str, Tensor]:
         """All loss terms and `total` = ce_3d + w_lovasz lovasz_3d [+ w2d ce_2d + w_fused ce_fused
         + wc contrastive + kd_scale wkd kd when the camera branch ran]. Needs `batch.labels`.
-        `terms["kd"]` is the unweighted KL, whatever the scale. With `kd_loss: pseudo_label` the
-        teacher's confident classes join the labels of ce_3d / lovasz_3d instead, and `terms["kd"]`
-        (the 3D CE on the pseudo-labelled points alone) is logged, not added."""
+        `terms["kd"]` is the unweighted KL, whatever the scale. With `kd_loss: pseudo_label` it is the
+        3D CE on the pseudo-labelled points alone: added (times kd_scale wkd) with `kd_pseudo_mix:
+        separate`; logged only when pooled, where the teacher's classes join the labels of ce_3d /
+        lovasz_3d."""
         cfg = self.cfg
         if batch.labels is None:
             raise ValueError("XModelKD.loss: batch.labels is None (unlabelled samples cannot be trained on)")
@@ -332,19 +341,28 @@ class XModelKD(nn.Module):
                 terms["kd"] = kd * (kd_rows.shape[0] / max(denominator, 1))
                 total = total + weight * terms["kd"]
             else:
-                pseudo = taught & (labels[fused_point] == cfg.ignore_index)
-                pseudo_rows = fused_point[pseudo]
-                terms["kd"] = cross_entropy(logits_3d[pseudo_rows], teacher_class[pseudo],
-                                            cfg.ignore_index)  # logged only: it is part of ce_3d
-                if weight > 0:
-                    targets = labels.clone()
-                    targets[pseudo_rows] = teacher_class[pseudo]
-                    target_weight = torch.ones_like(labels, dtype=torch.float32)
-                    target_weight[pseudo_rows] = weight
-                    if cfg.kd_class_balance and pseudo_rows.numel():
-                        unlabeled = labels[fused_point] == cfg.ignore_index
-                        target_weight[pseudo_rows] = weight * class_balance_weights(
-                            teacher_class[unlabeled], teacher_class[pseudo], logits_3d.shape[1])
+                unlabeled = labels[fused_point] == cfg.ignore_index
+                pseudo = taught & unlabeled
+                pseudo_rows, pseudo_class = fused_point[pseudo], teacher_class[pseudo]
+                balance = None
+                if cfg.kd_class_balance and pseudo_rows.numel():
+                    balance = class_balance_weights(teacher_class[unlabeled], pseudo_class,
+                                                    logits_3d.shape[1])
+                if cfg.kd_pseudo_mix == "separate":  # its own mean, added: the labels keep their weight
+                    if balance is None:
+                        terms["kd"] = cross_entropy(logits_3d[pseudo_rows], pseudo_class, cfg.ignore_index)
+                    else:
+                        rows = F.cross_entropy(logits_3d[pseudo_rows].float(), pseudo_class, reduction="none")
+                        terms["kd"] = (rows * balance).sum() / balance.sum()
+                    total = total + weight * terms["kd"]
+                else:
+                    terms["kd"] = cross_entropy(logits_3d[pseudo_rows], pseudo_class,
+                                                cfg.ignore_index)  # logged only: it is part of ce_3d
+                    if weight > 0:
+                        targets = labels.clone()
+                        targets[pseudo_rows] = pseudo_class
+                        target_weight = torch.ones_like(labels, dtype=torch.float32)
+                        target_weight[pseudo_rows] = weight if balance is None else weight * balance
             total = (total + cfg.w2d * terms["ce_2d"] + cfg.w_fused * terms["ce_fused"]
                      + cfg.wc * terms["contrastive"])
         keep = targets != cfg.ignore_index
