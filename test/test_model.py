@@ -444,3 +444,5 @@ def test_kd_pseudo_mix_separate_keeps_the_labels_own_mean_and_adds_the_pseudo_la
     torch.testing.assert_close(model.loss(out, batch)["kd"], (rows * w).sum() / w.sum())
     with pytest.raises(ValueError, match="kd_pseudo_mix"):
         tiny_config(kd_pseudo_mix="mean")
+    with pytest.raises(ValueError, match="kd_pseudo_mix: separate needs"):
+        tiny_config(kd_pseudo_mix="separate")  # the default kd_loss is the KL

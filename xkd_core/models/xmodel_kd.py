@@ -73,9 +73,9 @@ class ModelConfig:
     # from the labels alone first, within the run's own budget.
     kd_start_step: int = 0
     # How the teacher teaches. "kl": the KL at temperature kd_T (SPEC section 3). "pseudo_label": the
-    # teacher's class becomes the label of paired points that have none, and the 3D CE and Lovasz run
-    # on labels and pseudo-labels together, a pseudo-labelled point weighing wkd times a labeled one
-    # in the CE (the limit T -> 0 of the KL, weighted like a label; docs/results.md measures both).
+    # teacher's class becomes the label of paired points that have none, learned with the labels as
+    # kd_pseudo_mix says (the limit T -> 0 of the KL, weighted like a label; docs/results.md measures
+    # both).
     kd_loss: Literal["kl", "pseudo_label"] = "kl"
     # Points where the teacher's softmax maximum is below this are not taught (0: all paired points).
     kd_min_confidence: float = 0.0
@@ -144,6 +144,8 @@ class ModelConfig:
              f"kd_blind_decay must lie in (0, 1), got {self.kd_blind_decay}")
         need(self.kd_pseudo_mix in ("pooled", "separate"),
              f"kd_pseudo_mix must be 'pooled' or 'separate', got {self.kd_pseudo_mix!r}")
+        need(self.kd_pseudo_mix == "pooled" or self.kd_loss == "pseudo_label",
+             "kd_pseudo_mix: separate needs kd_loss: pseudo_label (the KL is always its own term)")
         need(not self.kd_class_balance or self.kd_loss == "pseudo_label",
              "kd_class_balance needs kd_loss: pseudo_label (it reweights pseudo-labels)")
         depth = len(self.unet_channels) - 1
