@@ -116,3 +116,16 @@ def test_class_balance_weights_by_hand():
     # selection in the teacher's own proportions changes nothing
     torch.testing.assert_close(class_balance_weights(predicted, torch.tensor([1, 2]), 4), torch.ones(2))
     assert class_balance_weights(predicted, torch.tensor([], dtype=torch.long), 4).numel() == 0
+
+
+def test_cross_entropy_weighted_rows_by_hand():
+    logits = torch.tensor([[0.0, 2.0, 0.0], [0.0, 0.0, 1.0], [3.0, 0.0, 0.0]], requires_grad=True)
+    labels = torch.tensor([1, 2, 0])  # the last row is ignored, whatever its weight
+    weight = torch.tensor([1.0, 0.25, 9.0])
+    row = [-torch.log_softmax(logits[i].detach(), 0)[labels[i]] for i in range(2)]
+    want = (1.0 * row[0] + 0.25 * row[1]) / 1.25
+    torch.testing.assert_close(cross_entropy(logits, labels, 0, weight=weight), want)
+    unit = cross_entropy(logits, labels, 0, weight=torch.ones(3))
+    torch.testing.assert_close(unit, cross_entropy(logits, labels, 0))
+    empty = cross_entropy(logits, torch.zeros(3, dtype=torch.long), 0, weight=weight)
+    assert float(empty) == 0.0

@@ -298,7 +298,7 @@ def test_pseudo_labels_fill_the_unlabeled_paired_points_and_weigh_wkd():
     labels[:5] = 0  # and a few others
     batch.labels = labels
     terms = model.loss(out, batch)
-    teacher = out["logits_fused"].detach().float()
+    teacher = out["logits_fused"].detach().float().clone()  # the loss reads it again
     teacher[:, 0] = float("-inf")
     pseudo = labels[fused_point_any] == 0
     targets = labels.clone()
@@ -336,7 +336,7 @@ def test_kd_class_balance_reweights_pseudo_labels_to_the_teachers_class_frequenc
     labels = batch.labels.clone()
     labels[fp] = 0  # every paired point is a pseudo-label candidate
     batch.labels = labels
-    teacher = out["logits_fused"].detach().float()
+    teacher = out["logits_fused"].detach().float().clone()  # the loss reads it again
     teacher[:, 0] = float("-inf")
     conf, cls = torch.softmax(teacher, dim=1).max(dim=1)
     thr = float(conf.median())
@@ -386,7 +386,7 @@ def test_kd_blind_recall_tracks_the_teachers_recall_and_keeps_its_blind_classes_
     labels[fp[1::2]] = 0  # half the paired points are pseudo-label candidates
     batch.labels = labels
     student = out["logits_3d"][fp].detach().argmax(dim=1)
-    teacher = out["logits_fused"].detach().float()
+    teacher = out["logits_fused"].detach().float().clone()  # the loss reads it again
     teacher[:, 0] = float("-inf")
     teacher_class = teacher.argmax(dim=1)
     known = labels[fp] != 0

@@ -15,11 +15,18 @@ def _zero(like: Tensor) -> Tensor:
     return like.sum() * 0.0
 
 
-def cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = 0) -> Tensor:
-    """Mean CE over rows whose label is not `ignore_index`; 0 (not NaN) when there is none."""
-    if labels.numel() == 0 or not bool((labels != ignore_index).any()):
+def cross_entropy(
+    logits: Tensor, labels: Tensor, ignore_index: int = 0, weight: Tensor | None = None
+) -> Tensor:
+    """Mean CE over rows whose label is not `ignore_index`, each row weighted by `weight` (N,) when
+    given (a pseudo-label that counts less than a label); 0 (not NaN) when there is none."""
+    keep = labels != ignore_index
+    if labels.numel() == 0 or not bool(keep.any()):
         return _zero(logits)
-    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+    if weight is None:
+        return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+    rows = F.cross_entropy(logits.float()[keep], labels[keep], reduction="none")
+    return (rows * weight[keep]).sum() / weight[keep].sum()
 
 
 def lovasz_softmax(probs: Tensor, labels: Tensor, ignore_index: int | None = 0) -> Tensor:

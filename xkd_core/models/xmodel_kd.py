@@ -351,11 +351,8 @@ class XModelKD(nn.Module):
                     balance = class_balance_weights(teacher_class[unlabeled], pseudo_class,
                                                     logits_3d.shape[1])
                 if cfg.kd_pseudo_mix == "separate":  # its own mean, added: the labels keep their weight
-                    if balance is None:
-                        terms["kd"] = cross_entropy(logits_3d[pseudo_rows], pseudo_class, cfg.ignore_index)
-                    else:
-                        rows = F.cross_entropy(logits_3d[pseudo_rows].float(), pseudo_class, reduction="none")
-                        terms["kd"] = (rows * balance).sum() / balance.sum()
+                    terms["kd"] = cross_entropy(logits_3d[pseudo_rows], pseudo_class, cfg.ignore_index,
+                                                weight=balance)
                     total = total + weight * terms["kd"]
                 else:
                     terms["kd"] = cross_entropy(logits_3d[pseudo_rows], pseudo_class,
@@ -367,12 +364,8 @@ class XModelKD(nn.Module):
                         target_weight[pseudo_rows] = weight if balance is None else weight * balance
             total = (total + cfg.w2d * terms["ce_2d"] + cfg.w_fused * terms["ce_fused"]
                      + cfg.wc * terms["contrastive"])
-        keep = targets != cfg.ignore_index
-        if target_weight is None or not bool(keep.any()):
-            terms["ce_3d"] = cross_entropy(logits_3d, targets, cfg.ignore_index)
-        else:  # a pseudo-labelled point weighs wkd times a labeled one
-            rows = F.cross_entropy(logits_3d.float()[keep], targets[keep], reduction="none")
-            terms["ce_3d"] = (rows * target_weight[keep]).sum() / target_weight[keep].sum()
+        # pooled pseudo-labels: a pseudo-labelled point weighs wkd times a labeled one
+        terms["ce_3d"] = cross_entropy(logits_3d, targets, cfg.ignore_index, weight=target_weight)
         terms["lovasz_3d"] = lovasz_softmax(F.softmax(logits_3d.float(), dim=1), targets, cfg.ignore_index)
         total = total + terms["ce_3d"] + cfg.w_lovasz * terms["lovasz_3d"]
         terms["total"] = total
