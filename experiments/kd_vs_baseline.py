@@ -57,13 +57,17 @@ def run(cmd: list[str], log: Path | None, threads: int) -> None:
 
 
 def stage_synth(args: argparse.Namespace) -> None:
+    """Train (00) and val (01) sequences per world, and `--val-sequence` if it is another one: each
+    sequence is its own world from the same generator settings."""
     for name, gap in args.worlds:
         root = args.data / name
-        if (root / "sequences" / "01" / "velodyne" / f"{args.scans - 1:06d}.bin").is_file():
-            continue
-        run([str(BIN / "xkd-synth"), "--out", str(root), "--sequences", "00", "01",
-             "--scans", str(args.scans), "--seed", "0",
-             "--appearance-intensity-gap", str(gap), "--quiet"], None, args.threads)
+        for seqs in (["00", "01"], [args.val_sequence]):
+            last = f"{args.scans - 1:06d}.bin"
+            if all((root / "sequences" / q / "velodyne" / last).is_file() for q in seqs):
+                continue
+            run([str(BIN / "xkd-synth"), "--out", str(root), "--sequences", *seqs,
+                 "--scans", str(args.scans), "--seed", "0",
+                 "--appearance-intensity-gap", str(gap), "--quiet"], None, args.threads)
 
 
 def parse_variant(text: str) -> tuple[str, list[str]]:
@@ -134,9 +138,12 @@ def stage_train(args: argparse.Namespace) -> None:
         list(pool.map(one, jobs))
 
 
-def eval_dirs(method: str) -> dict[str, bool]:
-    """Evaluation folder -> whether it fuses the camera."""
-    return {"eval3d": False, "evalfused": True} if method.startswith("xmodel_kd") else {"eval3d": False}
+def eval_dirs(method: str, val_sequence: str = "01") -> dict[str, bool]:
+    """Evaluation folder -> whether it fuses the camera; a val sequence other than 01 gets its own
+    folders (`eval3d-seq02`), so the figures on the first val sequence stay where they are."""
+    suffix = "" if val_sequence == "01" else f"-seq{val_sequence}"
+    subs = ("eval3d", "evalfused") if method.startswith("xmodel_kd") else ("eval3d",)
+    return {f"{sub}{suffix}": sub == "evalfused" for sub in subs}
 
 
 def stage_eval(args: argparse.Namespace) -> None:
@@ -145,14 +152,15 @@ def stage_eval(args: argparse.Namespace) -> None:
         for m in methods(args):
             for s in args.seeds:
                 rd = run_dir(args, k, m, s)
-                for sub, fuse in eval_dirs(m).items():
+                for sub, fuse in eval_dirs(m, args.val_sequence).items():
                     if (rd / "last.pt").is_file() and not (rd / sub / "metrics.json").is_file():
                         jobs.append((w, rd, sub, fuse))
 
     def one(job: tuple[str, Path, str, bool]) -> None:
         w, rd, sub, fuse = job
         cmd = [str(BIN / "xkd-eval"), "--checkpoint", str(rd / "last.pt"), "--data", str(args.data / w),
-               "--sequences", "01", "--out", str(rd / sub), "--num-workers", "0", "--no-progress"]
+               "--sequences", args.val_sequence, "--out", str(rd / sub), "--num-workers", "0",
+               "--no-progress"]
         run(cmd + (["--fuse"] if fuse else []), rd / f"{sub}.log", args.threads)
 
     with ThreadPoolExecutor(args.jobs) as pool:
@@ -176,19 +184,19 @@ def seconds_per_step(log: Path) -> float:
 def collect(args: argparse.Namespace) -> dict:
     """Per world and method: metrics over seeds (rows: 3D full, 3D frustum, fused frustum)."""
     out: dict = {"steps": args.steps, "seeds": list(args.seeds), "scans_per_sequence": args.scans,
-                 "worlds": {}}
+                 "val_sequence": args.val_sequence, "worlds": {}}
     for k, w, gap, fraction in settings(args):
         world: dict = {"world": w, "appearance_intensity_gap": gap, "label_fraction": fraction,
                        "methods": {}}
         for m in methods(args):
             rows: dict[str, dict] = {}
-            for sub in eval_dirs(m):
+            for sub, fused in eval_dirs(m, args.val_sequence).items():
                 metrics = [json.loads((run_dir(args, k, m, s) / sub / "metrics.json").read_text())
                            for s in args.seeds]
                 for part in ("full", "frustum"):
-                    if sub == "evalfused" and part == "full":
+                    if fused and part == "full":
                         continue  # outside the frustum the fused run is the 3D branch again
-                    key = f"{'fused' if sub == 'evalfused' else '3d'}_{part}"
+                    key = f"{'fused' if fused else '3d'}_{part}"
                     rows[key] = {"miou": mean_sd([d[part]["miou"] for d in metrics]),
                                  "iou": {c: mean_sd([d[part]["per_class_iou"][c] or 0.0 for d in metrics])
                                          for c in FOCUS}}
@@ -266,6 +274,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--scans", type=int, default=60, help="frames per synthetic sequence")
+    p.add_argument("--val-sequence", default="01",
+                   help="sequence the eval stage scores (01 = the val sequence of every table; another "
+                        "number is generated as its own world, for a check on data nothing was chosen on)")
     p.add_argument("--jobs", type=int, default=2, help="trainings / evaluations at once")
     p.add_argument("--threads", type=int, default=1, help="torch threads per job")
     p.add_argument("--data", type=Path, default=Path("data/results"))

@@ -25,7 +25,7 @@ def write_run(rd: Path, sub: str, full: float, frustum: float, parking: float) -
 def test_report_means_spread_and_gap(tmp_path: Path) -> None:
     args = argparse.Namespace(
         worlds=[("w", 0.05)], label_fractions=[1.0, 0.1], seeds=[0, 1, 2], steps=10, scans=5,
-        runs=tmp_path, data=tmp_path, variants=[])
+        runs=tmp_path, data=tmp_path, variants=[], val_sequence="01")
     assert [k for k, *_ in exp.settings(args)] == ["w", "w-labels0.1"]
     base_full, kd_full, kd_fused = [0.30, 0.36, 0.33], [0.33, 0.40, 0.35], [0.60, 0.62, 0.64]
     for key, _, _, _ in exp.settings(args):
@@ -49,6 +49,25 @@ def test_report_means_spread_and_gap(tmp_path: Path) -> None:
     assert "| +42.0 ± " in md  # fused frustum (62.0) against the baseline's 3D frustum (20.0)
     diffs = [100 * (k - b) for k, b in zip(kd_full, base_full)]  # paired by seed: 3, 4, 2
     assert f"| +3.0 ± {se:.1f} | +3.0 ± {statistics.stdev(diffs) / 3 ** 0.5:.1f} |" in md
+
+
+def test_another_val_sequence_reads_its_own_folders(tmp_path: Path) -> None:
+    args = argparse.Namespace(worlds=[("w", 0.05)], label_fractions=[0.02], seeds=[0, 1], steps=10, scans=5,
+                              runs=tmp_path, data=tmp_path, variants=[], val_sequence="02")
+    assert exp.eval_dirs("xmodel_kd", "02") == {"eval3d-seq02": False, "evalfused-seq02": True}
+    assert exp.eval_dirs("baseline_lidar", "02") == {"eval3d-seq02": False}
+    for s in args.seeds:  # the first val sequence's figures sit beside, and must not be read
+        for m, full in (("baseline_lidar", 0.2), ("xmodel_kd", 0.3)):
+            write_run(exp.run_dir(args, "w-labels0.02", m, s), "eval3d", 0.9, 0.9, 0.0)
+            write_run(exp.run_dir(args, "w-labels0.02", m, s), "eval3d-seq02", full, 0.1, 0.0)
+        write_run(exp.run_dir(args, "w-labels0.02", "xmodel_kd", s), "evalfused-seq02", 0.3, 0.5, 0.0)
+    res = exp.collect(args)
+    assert res["val_sequence"] == "02"
+    rows = res["worlds"]["w-labels0.02"]["methods"]["xmodel_kd"]["rows"]
+    assert rows["3d_full"]["miou"]["mean"] == pytest.approx(30.0)
+    assert rows["fused_frustum"]["miou"]["mean"] == pytest.approx(50.0)
+    assert res["worlds"]["w-labels0.02"]["methods"]["baseline_lidar"]["rows"]["3d_full"]["miou"]["mean"] \
+        == pytest.approx(20.0)
 
 
 def test_methods_filter_keeps_the_baseline(tmp_path: Path) -> None:
