@@ -10,8 +10,9 @@ Stages (each skips work whose output already exists, so an interrupted run resum
           `--jobs` processes at once with `--threads` torch threads each; a setting is a world and
           a label fraction (`--label-fractions`: 1.0 = every training point labeled, 0.1 = a fixed
           10% of each scan's points, the rest ignore -- weak supervision, `data.label_fraction`);
-  eval    `xkd-eval` of each last.pt on the val sequence: 3D branch only, and (xModel-KD) fused in the
-          camera frustum;
+  eval    `xkd-eval` of each last.pt on the val sequence (01, or `--val-sequence NN`: one more
+          world from the same generator, scored into `eval3d-seqNN`): 3D branch only, and (xModel-KD)
+          fused in the camera frustum;
   report  mean / spread of mIoU and per-class IoU -> `--out` JSON and markdown tables on stdout.
 The last checkpoint is evaluated, never the best-on-val one, so the val split selects nothing.
 """
