@@ -71,6 +71,14 @@ def stage_synth(args: argparse.Namespace) -> None:
                  "--appearance-intensity-gap", str(gap), "--quiet"], None, args.threads)
 
 
+def parse_val_sequence(text: str) -> str:
+    """A two-digit sequence number other than 00, the training sequence."""
+    if not re.fullmatch(r"\d\d", text) or text == "00":
+        raise argparse.ArgumentTypeError(
+            f"a val sequence is two digits and not 00 (the train sequence), got {text!r}")
+    return text
+
+
 def parse_variant(text: str) -> tuple[str, list[str]]:
     """`[METHOD+]NAME:key=value,key=value` -> (`METHOD+NAME`, overrides): a method (xModel-KD unless
     `baseline_lidar+` is given) with these `--set` overrides, reported as its own method; `{seed}`
@@ -275,7 +283,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--scans", type=int, default=60, help="frames per synthetic sequence")
-    p.add_argument("--val-sequence", default="01",
+    p.add_argument("--val-sequence", type=parse_val_sequence, default="01",
                    help="sequence the eval stage scores (01 = the val sequence of every table; another "
                         "number is generated as its own world, for a check on data nothing was chosen on)")
     p.add_argument("--jobs", type=int, default=2, help="trainings / evaluations at once")

@@ -56,6 +56,10 @@ def test_another_val_sequence_reads_its_own_folders(tmp_path: Path) -> None:
                               runs=tmp_path, data=tmp_path, variants=[], val_sequence="02")
     assert exp.eval_dirs("xmodel_kd", "02") == {"eval3d-seq02": False, "evalfused-seq02": True}
     assert exp.eval_dirs("baseline_lidar", "02") == {"eval3d-seq02": False}
+    assert exp.parse_val_sequence("02") == "02"
+    for bad in ("00", "2", "ab"):  # 00 is the training sequence
+        with pytest.raises(argparse.ArgumentTypeError, match="val sequence"):
+            exp.parse_val_sequence(bad)
     for s in args.seeds:  # the first val sequence's figures sit beside, and must not be read
         for m, full in (("baseline_lidar", 0.2), ("xmodel_kd", 0.3)):
             write_run(exp.run_dir(args, "w-labels0.02", m, s), "eval3d", 0.9, 0.9, 0.0)
