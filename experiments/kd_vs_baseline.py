@@ -60,10 +60,10 @@ def run(cmd: list[str], log: Path | None, threads: int) -> None:
 def stage_synth(args: argparse.Namespace) -> None:
     """Train (00) and val (01) sequences per world, and `--val-sequence` if it is another one: each
     sequence is its own world from the same generator settings."""
+    last = f"{args.scans - 1:06d}.bin"
     for name, gap in args.worlds:
         root = args.data / name
         for seqs in (["00", "01"], [args.val_sequence]):
-            last = f"{args.scans - 1:06d}.bin"
             if all((root / "sequences" / q / "velodyne" / last).is_file() for q in seqs):
                 continue
             run([str(BIN / "xkd-synth"), "--out", str(root), "--sequences", *seqs,
