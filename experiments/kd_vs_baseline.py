@@ -5,7 +5,8 @@
 
 Stages (each skips work whose output already exists, so an interrupted run resumes):
   synth   one data set per world (`xkd-synth`, sequences 00 = train, 01 = val, each from its own
-          derived seed), worlds differing only in `appearance_intensity_gap`;
+          derived seed), worlds differing only in `appearance_intensity_gap` and the camera's
+          `focal_scale` (the lens changes the images and calibration, not the LiDAR scans or labels);
   train   `xkd-train` of both `synth_small` presets per setting and seed, same steps, data and budget,
           `--jobs` processes at once with `--threads` torch threads each; a setting is a world and
           a label fraction (`--label-fractions`: 1.0 = every training point labeled, 0.1 = a fixed
@@ -37,12 +38,16 @@ PAIRS = (("road", "parking"), ("road", "other-ground"), ("sidewalk", "terrain"))
 FOCUS = ("road", "parking", "other-ground", "sidewalk", "terrain")
 
 
-def parse_world(text: str) -> tuple[str, float]:
-    """`name:gap`, e.g. `gap005:0.05`."""
-    name, _, gap = text.partition(":")
-    if not name or not gap:
-        raise argparse.ArgumentTypeError(f"world must be NAME:GAP, got {text!r}")
-    return name, float(gap)
+def parse_world(text: str) -> tuple[str, float, float]:
+    """`NAME:GAP[:FOCAL_SCALE]` -> (name, appearance intensity gap, camera focal scale), e.g.
+    `gap005:0.05` (KITTI's lens) or `gap005wide:0.05:0.5` (a ~120 degree front camera)."""
+    name, gap, *rest = text.split(":") + [""]
+    if not name or not gap or len(rest) > 2:
+        raise argparse.ArgumentTypeError(f"world must be NAME:GAP[:FOCAL_SCALE], got {text!r}")
+    try:
+        return name, float(gap), float(rest[0]) if rest[0] else 1.0
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"world {text!r}: GAP and FOCAL_SCALE must be numbers") from None
 
 
 def run(cmd: list[str], log: Path | None, threads: int) -> None:
@@ -61,14 +66,14 @@ def stage_synth(args: argparse.Namespace) -> None:
     """Train (00) and val (01) sequences per world, and `--val-sequence` if it is another one: each
     sequence is its own world from the same generator settings."""
     last = f"{args.scans - 1:06d}.bin"
-    for name, gap in args.worlds:
+    for name, gap, focal in args.worlds:
         root = args.data / name
         for seqs in (["00", "01"], [args.val_sequence]):
             if all((root / "sequences" / q / "velodyne" / last).is_file() for q in seqs):
                 continue
             run([str(BIN / "xkd-synth"), "--out", str(root), "--sequences", *seqs,
-                 "--scans", str(args.scans), "--seed", "0",
-                 "--appearance-intensity-gap", str(gap), "--quiet"], None, args.threads)
+                 "--scans", str(args.scans), "--seed", "0", "--appearance-intensity-gap", str(gap),
+                 "--focal-scale", str(focal), "--quiet"], None, args.threads)
 
 
 def parse_val_sequence(text: str) -> str:
@@ -114,7 +119,7 @@ def methods(args: argparse.Namespace) -> list[str]:
 def settings(args: argparse.Namespace) -> list[tuple[str, str, float, float]]:
     """(key, world, gap, label fraction) of every setting; the key names its runs folder."""
     return [(w if f >= 1.0 else f"{w}-labels{f:g}", w, gap, f)
-            for w, gap in args.worlds for f in args.label_fractions]
+            for w, gap, _ in args.worlds for f in args.label_fractions]
 
 
 def run_dir(args: argparse.Namespace, key: str, method: str, seed: int) -> Path:
@@ -194,9 +199,10 @@ def collect(args: argparse.Namespace) -> dict:
     """Per world and method: metrics over seeds (rows: 3D full, 3D frustum, fused frustum)."""
     out: dict = {"steps": args.steps, "seeds": list(args.seeds), "scans_per_sequence": args.scans,
                  "val_sequence": args.val_sequence, "worlds": {}}
+    focal = {name: f for name, _, f in args.worlds}
     for k, w, gap, fraction in settings(args):
-        world: dict = {"world": w, "appearance_intensity_gap": gap, "label_fraction": fraction,
-                       "methods": {}}
+        world: dict = {"world": w, "appearance_intensity_gap": gap, "focal_scale": focal[w],
+                       "label_fraction": fraction, "methods": {}}
         for m in methods(args):
             rows: dict[str, dict] = {}
             for sub, fused in eval_dirs(m, args.val_sequence).items():
@@ -271,8 +277,10 @@ def markdown(res: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--stage", choices=("synth", "train", "eval", "report", "all"), default="all")
-    p.add_argument("--worlds", nargs="+", type=parse_world, default=[("gap005", 0.05), ("gap0", 0.0)],
-                   help="NAME:GAP (appearance_intensity_gap of the world)")
+    p.add_argument("--worlds", nargs="+", type=parse_world,
+                   default=[("gap005", 0.05, 1.0), ("gap0", 0.0, 1.0)],
+                   help="NAME:GAP[:FOCAL_SCALE] (appearance_intensity_gap of the world; the camera's "
+                        "focal length times KITTI's, default 1)")
     p.add_argument("--label-fractions", nargs="+", type=float, default=[1.0, 0.1],
                    help="data.label_fraction of the training runs (1.0 = dense labels)")
     p.add_argument("--variants", nargs="*", type=parse_variant, default=[],

@@ -24,7 +24,7 @@ def write_run(rd: Path, sub: str, full: float, frustum: float, parking: float) -
 
 def test_report_means_spread_and_gap(tmp_path: Path) -> None:
     args = argparse.Namespace(
-        worlds=[("w", 0.05)], label_fractions=[1.0, 0.1], seeds=[0, 1, 2], steps=10, scans=5,
+        worlds=[("w", 0.05, 1.0)], label_fractions=[1.0, 0.1], seeds=[0, 1, 2], steps=10, scans=5,
         runs=tmp_path, data=tmp_path, variants=[], val_sequence="01")
     assert [k for k, *_ in exp.settings(args)] == ["w", "w-labels0.1"]
     base_full, kd_full, kd_fused = [0.30, 0.36, 0.33], [0.33, 0.40, 0.35], [0.60, 0.62, 0.64]
@@ -52,8 +52,8 @@ def test_report_means_spread_and_gap(tmp_path: Path) -> None:
 
 
 def test_another_val_sequence_reads_its_own_folders(tmp_path: Path) -> None:
-    args = argparse.Namespace(worlds=[("w", 0.05)], label_fractions=[0.02], seeds=[0, 1], steps=10, scans=5,
-                              runs=tmp_path, data=tmp_path, variants=[], val_sequence="02")
+    args = argparse.Namespace(worlds=[("w", 0.05, 1.0)], label_fractions=[0.02], seeds=[0, 1], steps=10,
+                              scans=5, runs=tmp_path, data=tmp_path, variants=[], val_sequence="02")
     assert exp.eval_dirs("xmodel_kd", "02") == {"eval3d-seq02": False, "evalfused-seq02": True}
     assert exp.eval_dirs("baseline_lidar", "02") == {"eval3d-seq02": False}
     assert exp.parse_val_sequence("02") == "02"
@@ -75,7 +75,7 @@ def test_another_val_sequence_reads_its_own_folders(tmp_path: Path) -> None:
 
 
 def test_methods_filter_keeps_the_baseline(tmp_path: Path) -> None:
-    args = argparse.Namespace(worlds=[("w", 0.0)], label_fractions=[1.0], seeds=[0], steps=10, scans=5,
+    args = argparse.Namespace(worlds=[("w", 0.0, 1.0)], label_fractions=[1.0], seeds=[0], steps=10, scans=5,
                               runs=tmp_path, data=tmp_path, variants=[exp.parse_variant("kdall:model.wc=0")],
                               methods=["baseline_lidar", "xmodel_kd+kdall"])
     assert exp.methods(args) == ["baseline_lidar", "xmodel_kd+kdall"]
@@ -89,7 +89,7 @@ def test_methods_filter_keeps_the_baseline(tmp_path: Path) -> None:
 
 def test_variant_is_its_own_method_with_its_overrides(tmp_path: Path) -> None:
     variant = exp.parse_variant("kdall:model.kd_average=all")
-    args = argparse.Namespace(worlds=[("w", 0.0)], label_fractions=[1.0], seeds=[0], steps=10, scans=5,
+    args = argparse.Namespace(worlds=[("w", 0.0, 1.0)], label_fractions=[1.0], seeds=[0], steps=10, scans=5,
                               runs=tmp_path, data=tmp_path, variants=[variant])
     assert exp.methods(args) == ["baseline_lidar", "xmodel_kd", "xmodel_kd+kdall"]
     cmd = exp.train_cmd(args, "w", "xmodel_kd+kdall", 0)
@@ -104,7 +104,7 @@ def test_variant_is_its_own_method_with_its_overrides(tmp_path: Path) -> None:
 def test_a_baseline_variant_trains_the_baseline_config(tmp_path: Path) -> None:
     variant = exp.parse_variant("baseline_lidar+oracle:data.label_frustum=true")
     assert variant == ("baseline_lidar+oracle", ["data.label_frustum=true"])
-    args = argparse.Namespace(worlds=[("w", 0.0)], label_fractions=[0.02], seeds=[0], steps=10, scans=5,
+    args = argparse.Namespace(worlds=[("w", 0.0, 1.0)], label_fractions=[0.02], seeds=[0], steps=10, scans=5,
                               runs=tmp_path, data=tmp_path, variants=[variant])
     assert exp.methods(args) == ["baseline_lidar", "xmodel_kd", "baseline_lidar+oracle"]
     cmd = exp.train_cmd(args, "w-labels0.02", "baseline_lidar+oracle", 0)
@@ -118,3 +118,22 @@ def test_a_baseline_variant_trains_the_baseline_config(tmp_path: Path) -> None:
     assert per_seed[1] == ["init_checkpoint=runs/kd/seed{seed}/last.pt", "init_skip=[unet.,point_head.]"]
     args.variants = [per_seed]
     assert "init_checkpoint=runs/kd/seed3/last.pt" in exp.train_cmd(args, "w-labels0.02", "xmodel_kd+warm", 3)
+
+
+def test_world_names_gap_and_lens_and_synth_passes_them_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert exp.parse_world("gap005:0.05") == ("gap005", 0.05, 1.0)
+    assert exp.parse_world("wide:0.05:0.5") == ("wide", 0.05, 0.5)
+    for bad in ("gap005", ":0.05", "w:x", "w:0.05:y", "w:0.05:0.5:1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            exp.parse_world(bad)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(exp, "run", lambda cmd, log, threads: calls.append(cmd))
+    args = argparse.Namespace(worlds=[("wide", 0.05, 0.5)], scans=5, data=tmp_path, val_sequence="02",
+                              threads=1)
+    exp.stage_synth(args)
+    assert [c[c.index("--sequences") + 1:c.index("--scans")] for c in calls] == [["00", "01"], ["02"]]
+    for c in calls:
+        assert c[c.index("--focal-scale") + 1] == "0.5"
+        assert c[c.index("--appearance-intensity-gap") + 1] == "0.05"
+        assert c[c.index("--out") + 1] == str(tmp_path / "wide")

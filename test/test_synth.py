@@ -293,9 +293,12 @@ def test_points_project_onto_pixels_of_the_same_class(written: Path) -> None:
     assert checked >= 2
 
 
-def test_culling_finds_the_same_hits_as_testing_every_ray() -> None:
-    """Per-object culling (azimuth sector x beam rows; image rectangle) must never lose a hit."""
-    cfg = small(lidar={"beams": 24, "columns": 360}, camera={"image_width": 160, "image_height": 48})
+@pytest.mark.parametrize("focal_scale", [1.0, 0.4])
+def test_culling_finds_the_same_hits_as_testing_every_ray(focal_scale: float) -> None:
+    """Per-object culling (azimuth sector x beam rows; image rectangle) must never lose a hit, with
+    KITTI's lens and a wide one (objects beside the car reach into a wide image)."""
+    cfg = small(lidar={"beams": 24, "columns": 360},
+                camera={"image_width": 160, "image_height": 48, "focal_scale": focal_scale})
     seq = SyntheticSequence(cfg, 4, "00", 20)
     scene, pose = seq.scene, seq.lidar_poses[10]
     el, _, dirs_lidar = beam_grid(cfg.lidar)
@@ -322,6 +325,34 @@ def test_culling_finds_the_same_hits_as_testing_every_ray() -> None:
     brute = cast(scene, cam_to_world[:3, 3], rays, cand, *every, cfg.camera.far, wrap=False)
     np.testing.assert_array_equal(culled.prim, brute.prim)
     assert kept.size < cand.size  # objects behind the camera were dropped
+
+
+def test_a_wide_lens_sees_more_of_the_same_scan(tmp_path: Path) -> None:
+    """`camera.focal_scale` widens the camera only: same LiDAR scan and labels, half the focal length
+    in the calibration, about twice the points in view, and those points still land on pixels of
+    their own class."""
+    seen, scans = {}, {}
+    for scale in (1.0, 0.5):
+        root = tmp_path / str(scale)
+        generate(root, ["00"], 1, seed=7, config=small(camera={"image_width": 310, "image_height": 94,
+                                                               "focal_scale": scale}), progress=False)
+        seq_dir = sequence_dir(root, "00")
+        pts = read_points(seq_dir / "velodyne" / "000000.bin")
+        sem, _ = read_labels(seq_dir / "labels" / "000000.label", num_points=pts.shape[0])
+        K, T = read_calib(seq_dir / "calib.txt").camera(2)
+        uv, depth = project(pts[:, :3], K, T)
+        ok = (depth > 0) & (uv[:, 0] >= 0) & (uv[:, 0] <= 309) & (uv[:, 1] >= 0) & (uv[:, 1] <= 93)
+        classes = SyntheticSequence(small(camera={"image_width": 310, "image_height": 94,
+                                                  "focal_scale": scale}), 7, "00", 1).image(0, 2)[1]
+        u, v = np.rint(uv[ok]).astype(int).T
+        assert (classes[v, u] == sem[ok]).mean() > 0.93
+        seen[scale], scans[scale] = ok.mean(), (pts.tobytes(), sem.tobytes(), K)
+    assert scans[0.5][:2] == scans[1.0][:2]
+    np.testing.assert_allclose(scans[0.5][2][:2, :2], scans[1.0][2][:2, :2] / 2)
+    np.testing.assert_allclose(scans[0.5][2][:2, 2], scans[1.0][2][:2, 2])  # same principal point
+    assert 1.8 < seen[0.5] / seen[1.0] < 3.0, seen
+    with pytest.raises(ConfigError, match="focal_scale"):
+        from_dict(SynthConfig, {"camera": {"focal_scale": 0.1}})
 
 
 def test_intensity_gap_knob() -> None:

@@ -33,11 +33,12 @@ NEAR = 0.05  # metres; object corners closer than this to the image plane disabl
 
 
 def intrinsics(cfg: CameraConfig) -> np.ndarray:
-    """KITTI's K scaled to `image_width` x `image_height`."""
+    """KITTI's K scaled to `image_width` x `image_height`, its focal length times `focal_scale`."""
     sx, sy = cfg.image_width / KITTI_SIZE[0], cfg.image_height / KITTI_SIZE[1]
+    f = KITTI_FOCAL * cfg.focal_scale
     return np.array([
-        [KITTI_FOCAL * sx, 0.0, (KITTI_CENTRE[0] + 0.5) * sx - 0.5],
-        [0.0, KITTI_FOCAL * sy, (KITTI_CENTRE[1] + 0.5) * sy - 0.5],
+        [f * sx, 0.0, (KITTI_CENTRE[0] + 0.5) * sx - 0.5],
+        [0.0, f * sy, (KITTI_CENTRE[1] + 0.5) * sy - 0.5],
         [0.0, 0.0, 1.0],
     ])
 

@@ -27,6 +27,7 @@ _FLAGS = {
     "image_width": "camera.image_width",
     "image_height": "camera.image_height",
     "cameras": "camera.cameras",
+    "focal_scale": "camera.focal_scale",
     "appearance_intensity_gap": "appearance_intensity_gap",
 }
 
@@ -53,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-width", type=int, help="camera image width (default 620)")
     p.add_argument("--image-height", type=int, help="camera image height (default 188)")
     p.add_argument("--cameras", type=int, nargs="+", help="colour cameras to render: 2 and/or 3 (default 2)")
+    p.add_argument("--focal-scale", type=float,
+                   help="camera focal length times KITTI's; 0.5 = ~120 degree wide-angle lens (default 1)")
     p.add_argument("--appearance-intensity-gap", type=float,
                    help="LiDAR intensity offset of parking/other-ground/terrain (default 0 = none)")
     p.add_argument("--overwrite", action="store_true", help="replace frames of an earlier run")
