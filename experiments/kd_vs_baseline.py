@@ -41,11 +41,12 @@ FOCUS = ("road", "parking", "other-ground", "sidewalk", "terrain")
 def parse_world(text: str) -> tuple[str, float, float]:
     """`NAME:GAP[:FOCAL_SCALE]` -> (name, appearance intensity gap, camera focal scale), e.g.
     `gap005:0.05` (KITTI's lens) or `gap005wide:0.05:0.5` (a ~120 degree front camera)."""
-    name, gap, *rest = text.split(":") + [""]
-    if not name or not gap or len(rest) > 2:
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
         raise argparse.ArgumentTypeError(f"world must be NAME:GAP[:FOCAL_SCALE], got {text!r}")
+    focal = parts[2] if len(parts) == 3 and parts[2] else "1"
     try:
-        return name, float(gap), float(rest[0]) if rest[0] else 1.0
+        return parts[0], float(parts[1]), float(focal)
     except ValueError:
         raise argparse.ArgumentTypeError(f"world {text!r}: GAP and FOCAL_SCALE must be numbers") from None
 

@@ -21,7 +21,7 @@ from xkd_core.data.semantickitti import (
     read_poses,
     sequence_dir,
 )
-from xkd_core.geometry.projection import project
+from xkd_core.geometry.projection import project, visible
 from xkd_core.synth import SynthConfig, SyntheticSequence, generate
 from xkd_core.synth.camera import cull as camera_cull
 from xkd_core.synth.camera import intrinsics, pixel_rays
@@ -272,8 +272,7 @@ def test_points_project_onto_pixels_of_the_same_class(written: Path) -> None:
         rgb, classes = seq.image(frame, 2)
         np.testing.assert_array_equal(rgb, read_image(seq_dir / "image_2" / f"{fid}.png"))
         uv, depth = project(pts[:, :3], K, T)
-        H, W = classes.shape
-        ok = (depth > 0) & (uv[:, 0] >= 0) & (uv[:, 0] <= W - 1) & (uv[:, 1] >= 0) & (uv[:, 1] <= H - 1)
+        ok = visible(uv, depth, classes.shape)
         u, v = np.rint(uv[ok]).astype(int).T
         agree = classes[v, u] == sem[ok]
         assert ok.sum() > 2000
@@ -334,16 +333,15 @@ def test_a_wide_lens_sees_more_of_the_same_scan(tmp_path: Path) -> None:
     seen, scans = {}, {}
     for scale in (1.0, 0.5):
         root = tmp_path / str(scale)
-        generate(root, ["00"], 1, seed=7, config=small(camera={"image_width": 310, "image_height": 94,
-                                                               "focal_scale": scale}), progress=False)
+        cfg = small(camera={"image_width": 310, "image_height": 94, "focal_scale": scale})
+        generate(root, ["00"], 1, seed=7, config=cfg, progress=False)
         seq_dir = sequence_dir(root, "00")
         pts = read_points(seq_dir / "velodyne" / "000000.bin")
         sem, _ = read_labels(seq_dir / "labels" / "000000.label", num_points=pts.shape[0])
         K, T = read_calib(seq_dir / "calib.txt").camera(2)
+        classes = SyntheticSequence(cfg, 7, "00", 1).image(0, 2)[1]
         uv, depth = project(pts[:, :3], K, T)
-        ok = (depth > 0) & (uv[:, 0] >= 0) & (uv[:, 0] <= 309) & (uv[:, 1] >= 0) & (uv[:, 1] <= 93)
-        classes = SyntheticSequence(small(camera={"image_width": 310, "image_height": 94,
-                                                  "focal_scale": scale}), 7, "00", 1).image(0, 2)[1]
+        ok = visible(uv, depth, classes.shape)
         u, v = np.rint(uv[ok]).astype(int).T
         assert (classes[v, u] == sem[ok]).mean() > 0.93
         seen[scale], scans[scale] = ok.mean(), (pts.tobytes(), sem.tobytes(), K)
