@@ -187,6 +187,12 @@ def test_kd_ramp_scales_only_the_distillation_term():
     assert XModelKD(tiny_config(kd_start_step=100)).kd_scale(100) == 1.0
     with pytest.raises(ValueError, match="kd_start_step"):
         tiny_config(kd_start_step=-1)
+    stopped = XModelKD(tiny_config(kd_ramp_steps=40, kd_stop_step=600))
+    assert [stopped.kd_scale(s) for s in (0, 20, 599, 600, 1199)] == [0.0, 0.5, 1.0, 0.0, 0.0]
+    assert XModelKD(tiny_config()).kd_scale(10**6) == 1.0  # 0: distillation never stops
+    for start, stop in ((0, -1), (100, 100), (100, 50)):
+        with pytest.raises(ValueError, match="kd_stop_step"):
+            tiny_config(kd_start_step=start, kd_stop_step=stop)
 
 
 def test_sample_at_pixels_reads_the_right_place_in_every_image():

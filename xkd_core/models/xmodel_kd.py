@@ -72,6 +72,10 @@ class ModelConfig:
     # No distillation before this optimizer step (the ramp, if any, starts here): the teacher learns
     # from the labels alone first, within the run's own budget.
     kd_start_step: int = 0
+    # No distillation from this optimizer step on (0: never stops): the student finishes on the
+    # labels alone, so a cue only the LiDAR has (the intensity offset of the appearance-only pairs)
+    # is not held back by a teacher that cannot see it (docs/results.md, "Distillation that stops").
+    kd_stop_step: int = 0
     # How the teacher teaches. "kl": the KL at temperature kd_T (SPEC section 3). "pseudo_label": the
     # teacher's class becomes the label of paired points that have none, learned with the labels as
     # kd_pseudo_mix says (the limit T -> 0 of the KL, weighted like a label; docs/results.md measures
@@ -126,6 +130,9 @@ class ModelConfig:
             need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         need(self.kd_ramp_steps >= 0, f"kd_ramp_steps must be >= 0, got {self.kd_ramp_steps}")
         need(self.kd_start_step >= 0, f"kd_start_step must be >= 0, got {self.kd_start_step}")
+        need(self.kd_stop_step == 0 or self.kd_stop_step > self.kd_start_step,
+             f"kd_stop_step must be 0 (never) or > kd_start_step ({self.kd_start_step}), "
+             f"got {self.kd_stop_step}")
         need(self.tau > 0, f"tau must be > 0, got {self.tau}")
         need(self.kd_T > 0, f"kd_T must be > 0, got {self.kd_T}")
         need(self.kd_teacher in ("fused", "2d"),
@@ -272,7 +279,9 @@ class XModelKD(nn.Module):
 
     def kd_scale(self, step: int) -> float:
         """Factor on `wkd` at optimizer step `step` (0-based): 0 before `kd_start_step`, then the
-        `kd_ramp_steps` linear ramp."""
+        `kd_ramp_steps` linear ramp, 0 again from `kd_stop_step` (if set)."""
+        if self.cfg.kd_stop_step and step >= self.cfg.kd_stop_step:
+            return 0.0
         step -= self.cfg.kd_start_step
         if step < 0:
             return 0.0
