@@ -73,8 +73,8 @@ class ModelConfig:
     # from the labels alone first, within the run's own budget.
     kd_start_step: int = 0
     # No distillation from this optimizer step on (0: never stops): the student finishes on the
-    # labels alone, so a cue only the LiDAR has (the intensity offset of the appearance-only pairs)
-    # is not held back by a teacher that cannot see it (docs/results.md, "Distillation that stops").
+    # labels alone, a test of whether a teacher blind to a LiDAR-only cue holds the student back late
+    # in training (docs/results.md, "The wide camera at 1200 steps": on that world it did not help).
     kd_stop_step: int = 0
     # How the teacher teaches. "kl": the KL at temperature kd_T (SPEC section 3). "pseudo_label": the
     # teacher's class becomes the label of paired points that have none, learned with the labels as
