@@ -99,3 +99,43 @@ def test_labels_are_none_when_any_sample_is_unlabelled():
     assert b.labels is None
     with pytest.raises(ValueError, match="image_hw"):
         prepare_sample(random_frame(rng, 50), **{**kw, "image_hw": (0, 4)})
+
+
+def test_label_points_land_on_the_pixels_of_the_pairs_after_augmentation():
+    """The camera branch's extra labels go through the same point and image augmentation as the
+    points: projecting the sample's own points as `label_points` reproduces its pairs exactly."""
+    rng = np.random.default_rng(7)
+    frame = random_frame(rng, n=1500, views=[camera(rng, (60, 120)), camera(rng, (60, 120), 60.0)])
+    kw = dict(train=True, point_aug=PointAugConfig(rotate_z=True, flip_x=0.5, flip_y=0.5, scale=(0.9, 1.1),
+                                                   translate_std=0.2),
+              image_aug=ImageAugConfig(crop_scale=(0.6, 0.9), hflip=0.5), image_hw=(30, 64), use_camera=True)
+    plain = prepare_sample(frame, rng=np.random.default_rng(3), **kw)
+    s = prepare_sample(frame, rng=np.random.default_rng(3), label_points=(frame.points, frame.labels), **kw)
+    assert plain.label_view is None and plain.label_class is None
+    assert np.array_equal(s.points, plain.points) and np.array_equal(s.pair_uv, plain.pair_uv)
+    assert len(s.label_view) == len(s.pair_point) > 50
+    # same order: both are pairs of the same points in the same views
+    assert np.array_equal(s.label_view, s.pair_view)
+    assert np.allclose(s.label_uv, s.pair_uv, atol=1e-4)
+    assert np.array_equal(s.label_class, s.labels[s.pair_point])
+    # a camera-less sample ignores them; a length mismatch is an error
+    lidar = prepare_sample(frame, rng=np.random.default_rng(3), label_points=(frame.points, frame.labels),
+                           **{**kw, "use_camera": False})
+    assert lidar.label_view is None
+    with pytest.raises(ValueError, match="label_points"):
+        prepare_sample(frame, rng=np.random.default_rng(3), label_points=(frame.points, frame.labels[:-1]),
+                       **kw)
+
+
+def test_collate_offsets_label_pixels_and_drops_them_unless_every_sample_has_them():
+    rng = np.random.default_rng(8)
+    frames = [random_frame(rng, 400, [camera(rng, (40, 80)), camera(rng, (40, 80), 40.0)]),
+              random_frame(rng, 300, [camera(rng, (40, 80))])]
+    kw = dict(train=False, rng=None, point_aug=None, image_aug=None, image_hw=(20, 40), use_camera=True)
+    a, b = (prepare_sample(f, label_points=(f.points, f.labels), **kw) for f in frames)
+    batch = collate([a, b])
+    n_a = len(a.label_view)
+    assert batch.label_image.tolist() == a.label_view.tolist() + (b.label_view + 2).tolist()
+    assert batch.label_class.tolist() == a.label_class.tolist() + b.label_class.tolist()
+    assert torch.equal(batch.label_uv[n_a:], torch.from_numpy(b.label_uv))
+    assert collate([a, prepare_sample(frames[1], **kw)]).label_class is None

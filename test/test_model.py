@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -452,3 +454,30 @@ def test_kd_pseudo_mix_separate_keeps_the_labels_own_mean_and_adds_the_pseudo_la
         tiny_config(kd_pseudo_mix="mean")
     with pytest.raises(ValueError, match="kd_pseudo_mix: separate needs"):
         tiny_config(kd_pseudo_mix="separate")  # the default kd_loss is the KL
+
+
+def test_2d_cross_entropy_uses_the_camera_labels_when_the_batch_has_them():
+    """`data.image_labels: scan` hands the 2D CE its own labeled pixels; given exactly the pairs'
+    pixels and classes it equals the default CE, and other classes change only that term."""
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config()).train()
+    batch = _batch(3)
+    out = model(batch)
+    base = model.loss(out, batch)
+    own = dataclasses.replace(batch, label_image=batch.pair_image, label_uv=batch.pair_uv,
+                              label_class=batch.labels[batch.pair_point])
+    same = model.loss(out, own)
+    assert torch.allclose(same["ce_2d"], base["ce_2d"]) and torch.allclose(same["total"], base["total"])
+    shifted = dataclasses.replace(own, label_class=(own.label_class % 19) + 1)
+    moved = model.loss(out, shifted)
+    assert not torch.allclose(moved["ce_2d"], base["ce_2d"])
+    for k in ("ce_3d", "ce_fused", "kd"):
+        assert torch.equal(moved[k], base[k])
+    # only some pixels labeled: the mean runs over those alone
+    few = dataclasses.replace(own, label_image=own.label_image[:50], label_uv=own.label_uv[:50],
+                              label_class=own.label_class[:50])
+    logits = sample_at_pixels(out["logits_2d"], few.label_image, few.label_uv, batch.image_hw).float()
+    keep = few.label_class != 0
+    assert 0 < int(keep.sum()) < 50 or bool(keep.all())
+    expected = F.cross_entropy(logits[keep], few.label_class[keep])
+    assert torch.allclose(model.loss(out, few)["ce_2d"], expected)

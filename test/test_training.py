@@ -448,3 +448,32 @@ def test_label_frustum_gives_the_baseline_the_frustum_labels(scene_root: Path, t
     labels = np.asarray(sample.labels)
     assert np.all(labels[np.unique(seen)] != 0) and 0 < len(np.unique(seen)) < len(labels)
     assert (labels != 0).mean() > 0.02 + 0.5 * len(np.unique(seen)) / len(labels)
+
+
+def test_image_labels_scan_gives_the_camera_branch_every_labeled_point_it_sees(
+        scene_root: Path, tmp_path: Path) -> None:
+    """`data.max_points` bounds the 3D network; with `data.image_labels: scan` the 2D CE still gets
+    the labels of all the scan's labeled points in view, the subsample's among them."""
+    from xkd_core.training.data import SampleDataset, build_frame_datasets
+
+    over = ("data.label_fraction=0.2", "data.max_points=300")
+    sampled = tiny_cfg("xmodel_kd.yaml", scene_root, tmp_path, *over)
+    scan = tiny_cfg("xmodel_kd.yaml", scene_root, tmp_path, *over, "data.image_labels=scan")
+    frames = build_frame_datasets(scan)[0]
+    a = SampleDataset(frames, sampled, train=True)[(0, 1)]
+    s = SampleDataset(frames, scan, train=True)[(0, 1)]
+    assert a.label_class is None
+    assert np.array_equal(s.points, a.points) and np.array_equal(s.pair_uv, a.pair_uv)  # same 3D sample
+    labeled_pairs = a.labels[a.pair_point] != 0
+    assert 0 < labeled_pairs.sum() < len(s.label_class)
+    assert (s.label_class != 0).all()
+    # every labeled pair of the subsample is one of the camera labels, same pixel and class
+    pair_class = a.labels[a.pair_point]
+    for v, uv, c in zip(a.pair_view[labeled_pairs], a.pair_uv[labeled_pairs], pair_class[labeled_pairs]):
+        hit = (s.label_view == v) & (np.abs(s.label_uv - uv).max(axis=1) < 1e-3)
+        assert hit.any() and (s.label_class[hit] == c).all()
+    # the LiDAR-only baseline builds no camera labels whatever the option says
+    base = tiny_cfg("baseline_lidar.yaml", scene_root, tmp_path, *over, "data.image_labels=scan")
+    assert SampleDataset(build_frame_datasets(base)[0], base, train=True)[(0, 1)].label_class is None
+    with pytest.raises(ConfigError, match="image_labels"):
+        tiny_cfg("xmodel_kd.yaml", scene_root, tmp_path, "data.image_labels=all")

@@ -19,9 +19,10 @@ from xkd_core.data.frame import CameraView, Frame
 from xkd_core.geometry.augment import (
     ImageAugConfig,
     PointAugConfig,
-    augment_points,
     augment_view,
     resize_view,
+    sample_point_transform,
+    transform_points,
 )
 from xkd_core.geometry.projection import point_pixel_pairs, views_of
 
@@ -45,6 +46,11 @@ class Sample:
     num_input_points: int  # points in the input frame, before dropping non-finite ones
     sequence: str = ""
     frame_id: str = ""
+    # With `label_points`: the camera branch's own labels, every labeled point of the scan that a view
+    # sees (not only the points kept for the 3D network), as (view, pixel, class); None otherwise.
+    label_view: np.ndarray | None = None  # (L,) int64 index into images
+    label_uv: np.ndarray | None = None  # (L, 2) float32 pixel in the resized image
+    label_class: np.ndarray | None = None  # (L,) int64
 
 
 def prepare_sample(
@@ -56,11 +62,15 @@ def prepare_sample(
     image_aug: ImageAugConfig | None,
     image_hw: tuple[int, int],
     use_camera: bool,
+    label_points: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Sample:
     """Drop non-finite points, augment (when `train`), resize views to `image_hw`, recompute pairs.
 
     Without `train` (or without a config) nothing random happens and `rng` may be None. With
     `use_camera` False the views are dropped and the sample has no pairs (LiDAR-only baseline).
+    `label_points` = (points (L, >=3), classes (L,)) in the frame's coordinates: labeled points to
+    project into the augmented views as the camera branch's labels (`Sample.label_*`), e.g. the
+    whole scan's when `frame` is a subsample that only bounds the 3D network's cost.
     """
     if len(image_hw) != 2 or min(image_hw) < 1:
         raise ValueError(f"image_hw must be (H, W) with H, W >= 1, got {image_hw}")
@@ -71,15 +81,30 @@ def prepare_sample(
     points = frame.points[kept_index]
     labels = None if frame.labels is None else frame.labels[kept_index]
     views = list(frame.views) if use_camera else []
+    extra = None
+    if label_points is not None and use_camera:
+        extra_xyz = np.asarray(label_points[0])[:, :3]
+        extra_class = np.asarray(label_points[1], dtype=np.int64)
+        if len(extra_xyz) != len(extra_class):
+            raise ValueError(f"label_points: {len(extra_xyz)} points but {len(extra_class)} classes")
+        ok = np.isfinite(extra_xyz).all(axis=1)
+        extra = (extra_xyz[ok], extra_class[ok])
     if train and point_aug is not None:
-        points, views = augment_points(points, views, rng, point_aug)
+        transform = sample_point_transform(rng, point_aug)
+        points, views = transform_points(points, views, transform)
         points = points.astype(np.float32, copy=False)
+        if extra is not None:
+            extra = (transform_points(extra[0], [], transform)[0], extra[1])
     out_hw = (int(image_hw[0]), int(image_hw[1]))
     if train and image_aug is not None:
         views = [augment_view(v, rng, image_aug, out_hw) for v in views]
     else:
         views = [resize_view(v, out_hw) for v in views]
     pairs = point_pixel_pairs(points[:, :3], views_of(views))
+    label_view = label_uv = label_class = None
+    if extra is not None:
+        seen = point_pixel_pairs(extra[0], views_of(views))
+        label_view, label_uv, label_class = seen.view, seen.uv, extra[1][seen.point]
     return Sample(
         points=np.ascontiguousarray(points, dtype=np.float32),
         labels=labels,
@@ -92,6 +117,9 @@ def prepare_sample(
         num_input_points=frame.num_points,
         sequence=frame.sequence,
         frame_id=frame.frame_id,
+        label_view=label_view,
+        label_uv=label_uv,
+        label_class=label_class,
     )
 
 
@@ -112,6 +140,11 @@ class Batch:
     kept_index: list[np.ndarray] = field(default_factory=list)  # per sample, see `Sample`
     num_input_points: list[int] = field(default_factory=list)
     meta: list[tuple[str, str]] = field(default_factory=list)  # (sequence, frame_id) per sample
+    # The camera branch's labels when every sample has them (`Sample.label_*`), else None: the 2D
+    # cross-entropy then uses the labels of the paired points.
+    label_image: Tensor | None = None  # (L,) int64 global image index
+    label_uv: Tensor | None = None  # (L, 2) float32
+    label_class: Tensor | None = None  # (L,) int64
 
     @property
     def image_hw(self) -> tuple[int, int] | None:
@@ -170,6 +203,13 @@ def collate(samples: list[Sample]) -> Batch:
     pair_point = np.concatenate([s.pair_point + p_off[b] for b, s in enumerate(samples)]).astype(np.int64)
     pair_image = np.concatenate([s.pair_view + i_off[b] for b, s in enumerate(samples)]).astype(np.int64)
     pair_uv = np.concatenate([s.pair_uv for s in samples]).astype(np.float32, copy=False).reshape(-1, 2)
+    label_image = label_uv = label_class = None
+    if all(s.label_view is not None for s in samples):
+        label_image = torch.from_numpy(
+            np.concatenate([s.label_view + i_off[b] for b, s in enumerate(samples)]).astype(np.int64))
+        label_uv = torch.from_numpy(
+            np.concatenate([s.label_uv for s in samples]).astype(np.float32, copy=False).reshape(-1, 2))
+        label_class = torch.from_numpy(np.concatenate([s.label_class for s in samples]).astype(np.int64))
     return Batch(
         points=points,
         batch_idx=batch_idx,
@@ -184,4 +224,7 @@ def collate(samples: list[Sample]) -> Batch:
         kept_index=[s.kept_index for s in samples],
         num_input_points=[s.num_input_points for s in samples],
         meta=[(s.sequence, s.frame_id) for s in samples],
+        label_image=label_image,
+        label_uv=label_uv,
+        label_class=label_class,
     )

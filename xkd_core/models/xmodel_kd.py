@@ -320,7 +320,11 @@ class XModelKD(nn.Module):
             pair_point = batch.pair_point
             fused_point, pair_index = out["fused_point"], out["pair_index"]
             logits_2d_pairs = sample_at_pixels(out["logits_2d"], batch.pair_image, batch.pair_uv, hw).float()
-            terms["ce_2d"] = cross_entropy(logits_2d_pairs, labels[pair_point], cfg.ignore_index)
+            if batch.label_class is not None:  # data.image_labels: scan, the scan's labels in the views
+                logits_2d_labeled = sample_at_pixels(out["logits_2d"], batch.label_image, batch.label_uv, hw)
+                terms["ce_2d"] = cross_entropy(logits_2d_labeled.float(), batch.label_class, cfg.ignore_index)
+            else:
+                terms["ce_2d"] = cross_entropy(logits_2d_pairs, labels[pair_point], cfg.ignore_index)
             terms["ce_fused"] = cross_entropy(out["logits_fused"], labels[fused_point], cfg.ignore_index)
             contrastive = logits_3d.new_zeros(())
             if "emb_3d" in out:

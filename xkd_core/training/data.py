@@ -83,8 +83,12 @@ class SampleDataset(Dataset):
             raise ValueError(f"frame {frame.sequence}/{frame.frame_id} has no labels; training needs them")
         d = self.cfg.data
         use_camera = self.cfg.model.use_camera and self.train
+        label_points = None
         if self.train:
             frame = keep_label_fraction(frame, d.label_fraction, index, d.label_frustum)
+            if use_camera and d.image_labels == "scan":
+                labeled = frame.labels != IGNORE_INDEX
+                label_points = (frame.points[labeled], frame.labels[labeled])
             frame = subsample(frame, d.max_points, rng)
         return prepare_sample(
             frame,
@@ -94,6 +98,7 @@ class SampleDataset(Dataset):
             image_aug=d.image_aug,
             image_hw=tuple(d.image_hw),
             use_camera=use_camera,
+            label_points=label_points,
         )
 
 
