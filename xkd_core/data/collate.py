@@ -81,20 +81,20 @@ def prepare_sample(
     points = frame.points[kept_index]
     labels = None if frame.labels is None else frame.labels[kept_index]
     views = list(frame.views) if use_camera else []
-    extra = None
+    label_xyz = label_cls = None  # the camera branch's own labeled points, when given
     if label_points is not None and use_camera:
-        extra_xyz = np.asarray(label_points[0])[:, :3]
-        extra_class = np.asarray(label_points[1], dtype=np.int64)
-        if len(extra_xyz) != len(extra_class):
-            raise ValueError(f"label_points: {len(extra_xyz)} points but {len(extra_class)} classes")
-        ok = np.isfinite(extra_xyz).all(axis=1)
-        extra = (extra_xyz[ok], extra_class[ok])
+        label_xyz = np.asarray(label_points[0])[:, :3]
+        label_cls = np.asarray(label_points[1], dtype=np.int64)
+        if len(label_xyz) != len(label_cls):
+            raise ValueError(f"label_points: {len(label_xyz)} points but {len(label_cls)} classes")
+        ok = np.isfinite(label_xyz).all(axis=1)
+        label_xyz, label_cls = label_xyz[ok], label_cls[ok]
     if train and point_aug is not None:
-        transform = sample_point_transform(rng, point_aug)
+        transform = sample_point_transform(rng, point_aug)  # one draw for both point sets
         points, views = transform_points(points, views, transform)
         points = points.astype(np.float32, copy=False)
-        if extra is not None:
-            extra = (transform_points(extra[0], [], transform)[0], extra[1])
+        if label_xyz is not None:
+            label_xyz = transform_points(label_xyz, [], transform)[0]
     out_hw = (int(image_hw[0]), int(image_hw[1]))
     if train and image_aug is not None:
         views = [augment_view(v, rng, image_aug, out_hw) for v in views]
@@ -102,9 +102,9 @@ def prepare_sample(
         views = [resize_view(v, out_hw) for v in views]
     pairs = point_pixel_pairs(points[:, :3], views_of(views))
     label_view = label_uv = label_class = None
-    if extra is not None:
-        seen = point_pixel_pairs(extra[0], views_of(views))
-        label_view, label_uv, label_class = seen.view, seen.uv, extra[1][seen.point]
+    if label_xyz is not None:
+        seen = point_pixel_pairs(label_xyz, views_of(views))
+        label_view, label_uv, label_class = seen.view, seen.uv, label_cls[seen.point]
     return Sample(
         points=np.ascontiguousarray(points, dtype=np.float32),
         labels=labels,
