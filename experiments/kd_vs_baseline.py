@@ -144,8 +144,9 @@ def train_cmd(args: argparse.Namespace, key: str, method: str, seed: int) -> lis
 def stage_train(args: argparse.Namespace) -> None:
     jobs = [(k, m, s) for k, *_ in settings(args) for s in args.seeds for m in methods(args)
             if not (run_dir(args, k, m, s) / "last.pt").is_file()]
-    # The camera runs take 2-3x a baseline's time: started first, the workers finish together.
-    jobs.sort(key=lambda job: job[1] == "baseline_lidar")
+    # The camera runs (as in eval_dirs) take 2-3x a LiDAR-only run's time: started first, the
+    # workers finish together.
+    jobs.sort(key=lambda job: not job[1].startswith("xmodel_kd"))
 
     def one(job: tuple[str, str, int]) -> None:
         k, m, s = job

@@ -144,11 +144,12 @@ def test_train_starts_the_camera_runs_first_and_skips_finished_ones(
     calls: list[list[str]] = []
     monkeypatch.setattr(exp, "run", lambda cmd, log, threads: calls.append(cmd))
     args = argparse.Namespace(worlds=[("w", 0.0, 1.0)], label_fractions=[1.0], seeds=[0, 1], steps=10,
-                              scans=5, runs=tmp_path, data=tmp_path, variants=[], methods=None, jobs=1,
-                              threads=1)
+                              scans=5, runs=tmp_path, data=tmp_path, jobs=1, threads=1, methods=None,
+                              variants=[exp.parse_variant("baseline_lidar+oracle:data.label_frustum=true")])
     (tmp_path / "w" / "xmodel_kd" / "seed1").mkdir(parents=True)
     (tmp_path / "w" / "xmodel_kd" / "seed1" / "last.pt").write_bytes(b"")
     exp.stage_train(args)
     order = [(Path(c[c.index("--config") + 1]).stem, next(a for a in c if a.startswith("seed=")))
              for c in calls]
-    assert order == [("xmodel_kd", "seed=0"), ("baseline_lidar", "seed=0"), ("baseline_lidar", "seed=1")]
+    assert order == [("xmodel_kd", "seed=0"), ("baseline_lidar", "seed=0"), ("baseline_lidar", "seed=0"),
+                     ("baseline_lidar", "seed=1"), ("baseline_lidar", "seed=1")]  # the LiDAR-only variant too
