@@ -164,6 +164,14 @@ def eval_dirs(method: str, val_sequence: str = "01") -> dict[str, bool]:
     return {f"{sub}{suffix}": sub == "evalfused" for sub in subs}
 
 
+def scored_elsewhere(metrics: Path, data: Path) -> bool:
+    """Whether an evaluation scored another data folder than `data`: a run folder copied from a
+    world with the same LiDAR scans (e.g. the baseline for a world that differs only in the lens)
+    brings its old evaluation along, whose camera-frustum rows belong to the other camera."""
+    scored = json.loads(metrics.read_text()).get("data")
+    return scored is not None and Path(scored).resolve() != data.resolve()
+
+
 def stage_eval(args: argparse.Namespace) -> None:
     jobs = []
     for k, w, _, _ in settings(args):
@@ -171,7 +179,9 @@ def stage_eval(args: argparse.Namespace) -> None:
             for s in args.seeds:
                 rd = run_dir(args, k, m, s)
                 for sub, fuse in eval_dirs(m, args.val_sequence).items():
-                    if (rd / "last.pt").is_file() and not (rd / sub / "metrics.json").is_file():
+                    metrics = rd / sub / "metrics.json"
+                    done = metrics.is_file() and not scored_elsewhere(metrics, args.data / w)
+                    if (rd / "last.pt").is_file() and not done:
                         jobs.append((w, rd, sub, fuse))
 
     def one(job: tuple[str, Path, str, bool]) -> None:
@@ -210,8 +220,11 @@ def collect(args: argparse.Namespace) -> dict:
         for m in methods(args):
             rows: dict[str, dict] = {}
             for sub, fused in eval_dirs(m, args.val_sequence).items():
-                metrics = [json.loads((run_dir(args, k, m, s) / sub / "metrics.json").read_text())
-                           for s in args.seeds]
+                files = [run_dir(args, k, m, s) / sub / "metrics.json" for s in args.seeds]
+                stale = [str(f) for f in files if scored_elsewhere(f, args.data / w)]
+                if stale:
+                    raise SystemExit(f"scored on another world's data, run --stage eval again: {stale}")
+                metrics = [json.loads(f.read_text()) for f in files]
                 for part in ("full", "frustum"):
                     if fused and part == "full":
                         continue  # outside the frustum the fused run is the 3D branch again

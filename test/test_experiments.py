@@ -153,3 +153,31 @@ def test_train_starts_the_camera_runs_first_and_skips_finished_ones(
              for c in calls]
     assert order == [("xmodel_kd", "seed=0"), ("baseline_lidar", "seed=0"), ("baseline_lidar", "seed=0"),
                      ("baseline_lidar", "seed=1"), ("baseline_lidar", "seed=1")]  # the LiDAR-only variant too
+
+
+def test_an_evaluation_of_another_world_is_redone_and_never_reported(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A baseline folder copied from a world with the same scans but another lens keeps its old
+    metrics, whose frustum rows are the other camera's: eval scores it again, report refuses it."""
+    calls: list[list[str]] = []
+    monkeypatch.setattr(exp, "run", lambda cmd, log, threads: calls.append(cmd))
+    args = argparse.Namespace(worlds=[("wide", 0.1, 0.5)], label_fractions=[1.0], seeds=[0], steps=10,
+                              scans=5, runs=tmp_path / "runs", data=tmp_path / "data", jobs=1, threads=1,
+                              methods=["baseline_lidar"], variants=[], val_sequence="01")
+    rd = exp.run_dir(args, "wide", "baseline_lidar", 0)
+    write_run(rd, "eval3d", 0.3, 0.2, 0.0)
+    (rd / "last.pt").write_bytes(b"")
+    metrics = rd / "eval3d" / "metrics.json"
+    stale = json.loads(metrics.read_text())
+    metrics.write_text(json.dumps({**stale, "data": str(tmp_path / "data" / "kitti_lens")}))
+    with pytest.raises(SystemExit, match="another world"):
+        exp.collect(args)
+    exp.stage_eval(args)
+    assert len(calls) == 1 and calls[0][calls[0].index("--data") + 1] == str(tmp_path / "data" / "wide")
+
+    metrics.write_text(json.dumps({**stale, "data": str(tmp_path / "data" / "wide")}))  # scored again
+    calls.clear()
+    exp.stage_eval(args)
+    assert calls == []
+    rows = exp.collect(args)["worlds"]["wide"]["methods"]["baseline_lidar"]["rows"]
+    assert rows["3d_full"]["miou"]["mean"] == pytest.approx(30.0)
