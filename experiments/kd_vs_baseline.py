@@ -164,11 +164,11 @@ def eval_dirs(method: str, val_sequence: str = "01") -> dict[str, bool]:
     return {f"{sub}{suffix}": sub == "evalfused" for sub in subs}
 
 
-def scored_elsewhere(metrics: Path, data: Path) -> bool:
-    """Whether an evaluation scored another data folder than `data`: a run folder copied from a
-    world with the same LiDAR scans (e.g. the baseline for a world that differs only in the lens)
-    brings its old evaluation along, whose camera-frustum rows belong to the other camera."""
-    scored = json.loads(metrics.read_text()).get("data")
+def scored_elsewhere(metrics: dict, data: Path) -> bool:
+    """Whether an evaluation's metrics scored another data folder than `data`: a run folder copied
+    from a world with the same LiDAR scans (e.g. the baseline for a world that differs only in the
+    lens) brings its old evaluation along, whose camera-frustum rows belong to the other camera."""
+    scored = metrics.get("data")
     return scored is not None and Path(scored).resolve() != data.resolve()
 
 
@@ -180,7 +180,8 @@ def stage_eval(args: argparse.Namespace) -> None:
                 rd = run_dir(args, k, m, s)
                 for sub, fuse in eval_dirs(m, args.val_sequence).items():
                     metrics = rd / sub / "metrics.json"
-                    done = metrics.is_file() and not scored_elsewhere(metrics, args.data / w)
+                    done = metrics.is_file() and not scored_elsewhere(json.loads(metrics.read_text()),
+                                                                      args.data / w)
                     if (rd / "last.pt").is_file() and not done:
                         jobs.append((w, rd, sub, fuse))
 
@@ -221,10 +222,11 @@ def collect(args: argparse.Namespace) -> dict:
             rows: dict[str, dict] = {}
             for sub, fused in eval_dirs(m, args.val_sequence).items():
                 files = [run_dir(args, k, m, s) / sub / "metrics.json" for s in args.seeds]
-                stale = [str(f) for f in files if scored_elsewhere(f, args.data / w)]
+                metrics = [json.loads(f.read_text()) for f in files]
+                stale = [str(f) for f, d in zip(files, metrics, strict=True)
+                         if scored_elsewhere(d, args.data / w)]
                 if stale:
                     raise SystemExit(f"scored on another world's data, run --stage eval again: {stale}")
-                metrics = [json.loads(f.read_text()) for f in files]
                 for part in ("full", "frustum"):
                     if fused and part == "full":
                         continue  # outside the frustum the fused run is the 3D branch again
