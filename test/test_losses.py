@@ -7,7 +7,14 @@ import math
 import pytest
 import torch
 
-from xkd_core.losses import class_balance_weights, cross_entropy, info_nce, kd_kl, lovasz_softmax
+from xkd_core.losses import (
+    class_balance_weights,
+    cross_entropy,
+    info_nce,
+    kd_kl,
+    lovasz_softmax,
+    merge_class_groups,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -72,6 +79,31 @@ def test_kd_kl_by_hand():
     assert teacher.grad is None  # the teacher is detached
     assert student.grad is not None and student.grad[0, 0] < 0  # student moves toward class 0
     assert float(kd_kl(teacher.detach(), teacher.detach(), 3.0)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_kd_kl_over_class_groups_by_hand():
+    """Classes 1 and 2 merged: the teacher (1/2, 1/4, 1/4) becomes (1/2, 1/2), the uniform student
+    (1/3, 2/3); a student that differs from the teacher only inside the group is left alone."""
+    student = torch.zeros(1, 3, requires_grad=True)
+    teacher = torch.log(torch.tensor([[0.5, 0.25, 0.25]]))
+    kl = 0.5 * math.log(0.5 / (1 / 3)) + 0.5 * math.log(0.5 / (2 / 3))
+    loss = kd_kl(student, teacher, 1.0, [[1, 2]])
+    assert loss.item() == pytest.approx(kl, abs=1e-6)
+    loss.backward()
+    g = student.grad[0]
+    assert g[0] < 0 and g[1] == pytest.approx(g[2].item(), abs=1e-7)  # toward class 0, group as one
+    inside = torch.log(torch.tensor([[0.5, 0.45, 0.05]])).requires_grad_(True)
+    loss = kd_kl(inside, teacher, 2.0, [[1, 2]])
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    assert kd_kl(inside, teacher, 2.0).item() > 0.05  # the plain KL does ask for the split
+    loss.backward()
+    assert inside.grad.abs().max() < 1e-6
+    log_p = torch.log_softmax(torch.randn(4, 5), dim=1)
+    merged = merge_class_groups(log_p, [[3, 1], [0, 4]])
+    assert merged.shape == (4, 3)
+    torch.testing.assert_close(merged.exp(), torch.stack(
+        [log_p[:, 2].exp(), log_p[:, [3, 1]].exp().sum(1), log_p[:, [0, 4]].exp().sum(1)], dim=1))
+    assert merge_class_groups(log_p, []) is log_p
 
 
 def test_lovasz_softmax_by_hand_and_ignore_index():

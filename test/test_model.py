@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from model_fixtures import camera, random_frame, tiny_config
 
+from xkd_core.classes import CLASS_NAMES
 from xkd_core.config import ConfigError, from_dict
 from xkd_core.data.collate import collate, prepare_sample
 from xkd_core.geometry.voxelize import voxelize
@@ -168,6 +170,39 @@ def test_kd_averaged_over_all_points_weighs_each_point_like_the_cross_entropy():
     paired, total = out["fused_point"].shape[0], batch.points.shape[0]
     assert 0 < paired < total  # some points have no pixel
     torch.testing.assert_close(terms["all"], terms["paired"] * paired / total)
+
+
+def test_kd_groups_keep_the_kl_out_of_the_choice_within_a_group():
+    """With road / parking merged for the KL, moving logit mass between the two classes changes the
+    plain KL but not the grouped one; classes outside the group are still taught."""
+    batch = _batch(9)
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(kd_groups=[["road", "parking"]])).train()
+    out = model(batch)
+    road, parking = CLASS_NAMES.index("road"), CLASS_NAMES.index("parking")
+    grouped = model.loss(out, batch)["kd"].item()
+    shifted = dict(out, logits_3d=out["logits_3d"].detach().clone())
+    mass = torch.logsumexp(shifted["logits_3d"][:, [road, parking]], dim=1)
+    shifted["logits_3d"][:, road] = mass + math.log(0.9)
+    shifted["logits_3d"][:, parking] = mass + math.log(0.1)
+    assert model.loss(shifted, batch)["kd"].item() == pytest.approx(grouped, rel=1e-4)
+    plain = XModelKD(tiny_config()).train()
+    assert plain.loss(shifted, batch)["kd"].item() != pytest.approx(plain.loss(out, batch)["kd"].item(),
+                                                                     rel=1e-3)
+    assert grouped > 0
+
+
+@pytest.mark.parametrize(("groups", "message"), [
+    ([["road"]], "needs >= 2 classes"),
+    ([["road", "tarmac"]], "unknown class 'tarmac'"),
+    ([["road", "unlabeled"]], "unknown class 'unlabeled'"),
+    ([["road", "parking"], ["parking", "sidewalk"]], "'parking' is in two groups"),
+])
+def test_kd_groups_are_validated(groups, message):
+    with pytest.raises(ValueError, match=message):
+        tiny_config(kd_groups=groups)
+    with pytest.raises(ValueError, match="needs kd_loss: kl"):
+        tiny_config(kd_groups=[["road", "parking"]], kd_loss="pseudo_label")
 
 
 def test_kd_ramp_scales_only_the_distillation_term():

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xkd_core.classes import IGNORE_INDEX, NUM_CLASSES
+from xkd_core.classes import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES
 from xkd_core.data.collate import Batch
 from xkd_core.geometry.voxelize import scatter_mean, voxelize
 from xkd_core.losses import class_balance_weights, cross_entropy, info_nce, kd_kl, lovasz_softmax
@@ -101,6 +101,11 @@ class ModelConfig:
     # assigns to a class whose recall is below this is not taught. 0: off.
     kd_blind_recall: float = 0.0
     kd_blind_decay: float = 0.99
+    # Groups of class names the KL treats as one class (both distributions summed within a group,
+    # `losses.merge_class_groups`): the teacher still says "ground, not building" there, the labels
+    # alone say which class of the group. For classes only the camera tells apart (on the synthetic
+    # world road / parking / other-ground and sidewalk / terrain). []: every class on its own.
+    kd_groups: list[list[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         def need(ok: bool, msg: str) -> None:
@@ -155,6 +160,19 @@ class ModelConfig:
              "kd_pseudo_mix: separate needs kd_loss: pseudo_label (the KL is always its own term)")
         need(not self.kd_class_balance or self.kd_loss == "pseudo_label",
              "kd_class_balance needs kd_loss: pseudo_label (it reweights pseudo-labels)")
+        if self.kd_groups:
+            need(self.num_classes == NUM_CLASSES,
+                 f"kd_groups names classes of the class map, which has {NUM_CLASSES} (num_classes "
+                 f"is {self.num_classes})")
+            need(self.kd_loss == "kl", "kd_groups needs kd_loss: kl (it merges the KL's distributions)")
+            seen: set[str] = set()
+            for i, group in enumerate(self.kd_groups):
+                need(len(group) >= 2, f"kd_groups[{i}] = {group}: a group needs >= 2 classes")
+                for name in group:
+                    need(name in CLASS_NAMES and CLASS_NAMES.index(name) != self.ignore_index,
+                         f"kd_groups[{i}]: unknown class {name!r}; known: {list(CLASS_NAMES[1:])}")
+                    need(name not in seen, f"kd_groups[{i}]: class {name!r} is in two groups")
+                    seen.add(name)
         depth = len(self.unet_channels) - 1
         for i, pair in enumerate(self.scales):
             need(len(pair) == 2, f"scales[{i}] must be [3d level, fpn level], got {pair}")
@@ -169,6 +187,7 @@ class XModelKD(nn.Module):
     def __init__(self, cfg: ModelConfig, device: torch.device | str | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.kd_group_ids = [[CLASS_NAMES.index(n) for n in g] for g in cfg.kd_groups]
         self.unet = SparseUNet(VOXEL_IN, cfg.unet_channels, cfg.unet_decoder_channels, cfg.unet_blocks,
                                backend=cfg.backend, device=device)
         c0 = self.unet.level_channels[0]
@@ -351,7 +370,7 @@ class XModelKD(nn.Module):
             weight = kd_scale * cfg.wkd
             if cfg.kd_loss == "kl":
                 kd_rows = fused_point[taught]
-                kd = kd_kl(logits_3d[kd_rows], teacher[taught], cfg.kd_T)
+                kd = kd_kl(logits_3d[kd_rows], teacher[taught], cfg.kd_T, self.kd_group_ids)
                 denominator = logits_3d.shape[0] if cfg.kd_average == "all" else fused_point.shape[0]
                 terms["kd"] = kd * (kd_rows.shape[0] / max(denominator, 1))
                 total = total + weight * terms["kd"]
