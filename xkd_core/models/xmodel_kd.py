@@ -165,12 +165,12 @@ class ModelConfig:
                  f"kd_groups names classes of the class map, which has {NUM_CLASSES} (num_classes "
                  f"is {self.num_classes})")
             need(self.kd_loss == "kl", "kd_groups needs kd_loss: kl (it merges the KL's distributions)")
+            known = [n for i, n in enumerate(CLASS_NAMES) if i != self.ignore_index]
             seen: set[str] = set()
             for i, group in enumerate(self.kd_groups):
                 need(len(group) >= 2, f"kd_groups[{i}] = {group}: a group needs >= 2 classes")
                 for name in group:
-                    need(name in CLASS_NAMES and CLASS_NAMES.index(name) != self.ignore_index,
-                         f"kd_groups[{i}]: unknown class {name!r}; known: {list(CLASS_NAMES[1:])}")
+                    need(name in known, f"kd_groups[{i}]: unknown class {name!r}; known: {known}")
                     need(name not in seen, f"kd_groups[{i}]: class {name!r} is in two groups")
                     seen.add(name)
         depth = len(self.unet_channels) - 1
