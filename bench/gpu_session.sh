@@ -9,10 +9,11 @@
 #     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any -d .whl \
 #     -r <requirements.txt without torch/numpy/opencv/timm/...> spconv-triton spconv==2.3.8 ...
 # then delete what the image has (torch, nvidia-*, triton, numpy, ...) and lark_parser/portalocker;
-# empy has no wheel: `pip wheel empy==4.2.1` first. docs/performance.md, "GPU session of 2026-11-29".
+# empy has no wheel: `pip wheel empy==4.2.1` first. research/gpu_sessions.md, "GPU session of 2026-11-29".
 # Each step has its own time cap inside DEADLINE_S (default
 # 560 s) and a failing step does not stop the others; everything the steps write (bench/results,
-# docs/img, logs) is packed into $OUT/gpu_results.tar.gz, the log into $OUT/gpu_session.log.
+# docs/img, logs) is packed into $OUT/gpu_results.tar.gz, the log into $OUT/gpu_session.log (keep it
+# as research/bench_logs/gpu_session_<gpu>_<date>.log; bench/results holds only the JSON).
 # The machine starts with an empty Triton cache and every (kernel, channels, dtype) key is a ~2 s
 # single-threaded compile, so a `warm` phase first runs one tiny pass of every measured workload
 # (and the GPU tests) side by side on the machine's cores, filling the on-disk cache

@@ -4,9 +4,10 @@ Run: .venv/bin/python -m bench.profile_frame [--points 120000] [--frames 10] [--
 
 The same path as `bench_stages` (decode, `Segmenter.segment`, encode, overlay) on one synthetic scan
 resized to `--points`, after two warm-up frames. Prints, and writes to
-bench/results/profile_<device>.txt, the top functions by own time (cProfile) and the top torch
-operators by self time (torch.profiler), which is how the per-frame bottlenecks outside the sparse
-convolutions were found (docs/performance.md, "What was optimised").
+research/bench_logs/profile_<device>.txt (a raw log, not a results file), the top functions by own
+time (cProfile) and the top torch operators by self time (torch.profiler), which is how the
+per-frame bottlenecks outside the sparse convolutions were found (docs/performance.md, "What was
+optimised").
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 
 from bench.bench_stages import received_cloud, synthetic_pool
-from bench.common import RESULTS, load_average, resize_cloud, resolve_checkpoint
+from bench.common import REPO, load_average, resize_cloud, resolve_checkpoint
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -76,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     text.write("\n## torch.profiler, operators by self time\n")
     text.write(tp.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
     report = text.getvalue()
-    out = RESULTS / f"profile_{args.device}.txt"
+    out = REPO / "research" / "bench_logs" / f"profile_{args.device}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
     print(report)

@@ -1,11 +1,13 @@
-"""Render the tables of docs/performance.md from bench/results/*.json, so the doc never drifts from them.
+"""Render the figures of the docs from results files, so no doc drifts from what was measured.
 
-Run: .venv/bin/python -m bench.report [--results bench/results] [--doc docs/performance.md] [--check]
+Run: .venv/bin/python -m bench.report [--results bench/results] [--doc DOC ...] [--check]
 
-The doc holds marker pairs `<!-- bench:NAME -->` ... `<!-- /bench:NAME -->`; everything between a
-pair is replaced by the rendered section NAME (`run`, `stages`, `pointcloud`, `node`, `train`,
-`targets`, `ab`); text outside the markers (analysis, comparisons) is left alone. A results file that
-does not exist renders as "not run". `--check` changes nothing and exits 1 when the doc is stale.
+A doc holds marker pairs `<!-- figures:NAME -->` ... `<!-- /figures:NAME -->`; everything between a
+pair is replaced by the rendered section NAME (see SECTIONS: the benchmark tables of
+docs/performance.md, the camera-gain table of docs/results.md, the demo and GPU figures of the
+README); text outside the markers is left alone. The default docs are README.md, docs/results.md and
+docs/performance.md. A results file that does not exist renders as "not run". `--check` changes
+nothing and exits 1 when a doc is stale (`make test` runs it through test/test_bench.py).
 """
 
 from __future__ import annotations
@@ -20,8 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, RESULTS
+from experiments.kd_vs_baseline import fmt, paired_vs_baseline
 
-DOC = REPO / "docs" / "performance.md"
+DOCS = (REPO / "README.md", REPO / "docs" / "results.md", REPO / "docs" / "performance.md")
+#: The experiment results docs/results.md and the README present as the current state (section_camera_gain).
+CAMERA_GAIN = "camera_gain.json"
 STAGES = ("decode", "preprocess", "voxelize", "forward_3d", "gather", "encode", "overlay")
 #: SPEC section 6.
 TARGET_GPU_INFERENCE_MS = 15.0
@@ -216,6 +221,11 @@ def _stage_row(data: dict[str, Any] | None, points: int) -> list[dict[str, Any]]
     return [r for r in (data or {}).get("rows", []) if r["points"] == points]
 
 
+def _fastest(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stage row (backend, precision) with the lowest inference p50."""
+    return min(rows, key=lambda r: r["stages_ms"]["inference"]["p50"])
+
+
 def section_targets(results: Path) -> str:
     rows = []
 
@@ -231,7 +241,7 @@ def section_targets(results: Path) -> str:
         data = _load(results, name)
         cuda = _stage_row(data, TARGET_POINTS)
         if cuda:
-            best = min(cuda, key=lambda r: r["stages_ms"]["inference"]["p50"])
+            best = _fastest(cuda)
             v = best["stages_ms"]["inference"]["p50"]
             where = f"{_num(v)} ms ({best['backend']} {best['precision']}, {data.get('checkpoint', '?')})"
             rows.append([f"{GPU_TARGET} on {_machine(data).split(',')[0]}", where,
@@ -296,9 +306,159 @@ def section_ab(results: Path) -> str:
     return head + "\n\n" + _table(["what", "before ms", "after ms", "speed-up", "same output", "calls"], rows)
 
 
+# ------------------------------------------------------------------ README and docs/results.md figures
+def _repo_path(name: str) -> Path:
+    """A results path named in a manifest: relative to the repository root, or absolute."""
+    path = Path(name)
+    return path if path.is_absolute() else REPO / path
+
+
+def _labels(fraction: float) -> str:
+    return "dense labels" if fraction >= 1 else f"{100 * fraction:g} % labels"
+
+
+def _gain_rows(results: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """The camera-gain manifest and the cells of each of its rows: the LiDAR-only baseline against one
+    xModel-KD method of the experiment runner's results (`experiments/kd_vs_baseline.py --out`, one
+    file per val sequence), paired by seed; each cell is 'sequence 01 / sequence 02'."""
+    manifest = _load(results, CAMERA_GAIN)
+    if manifest is None:
+        return None, []
+    rows = []
+    for entry in manifest["rows"]:
+        per_seq: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        first: dict[str, Any] = {}
+        for name in entry["files"]:
+            data = json.loads(_repo_path(name).read_text())
+            if len(data["worlds"]) != 1:
+                raise ValueError(f"{name}: one world per results file expected: {sorted(data['worlds'])}")
+            world = next(iter(data["worlds"].values()))
+            if entry["method"] not in world["methods"]:
+                raise ValueError(f"{name} has no method {entry['method']!r}: {sorted(world['methods'])}")
+            first = first or {"data": data, "world": world}
+            if data["seeds"] != first["data"]["seeds"]:
+                raise ValueError(f"{name}: seeds {data['seeds']} differ from {first['data']['seeds']}")
+            per_seq[data.get("val_sequence", "01")] = (world["methods"]["baseline_lidar"]["rows"],
+                                                       world["methods"][entry["method"]]["rows"])
+        cells: dict[str, list[str]] = {k: [] for k in ("base", "kd", "full", "ahead", "frustum", "fused")}
+        for seq in ("01", "02"):
+            if seq not in per_seq:
+                for v in cells.values():
+                    v.append("-")
+                continue
+            base, kd = per_seq[seq]
+            diffs = [a - b for a, b in zip(kd["3d_full"]["miou"]["values"], base["3d_full"]["miou"]["values"],
+                                           strict=True)]
+            cells["base"].append(fmt(base["3d_full"]["miou"]))
+            cells["kd"].append(fmt(kd["3d_full"]["miou"]))
+            cells["full"].append(paired_vs_baseline(kd["3d_full"], base["3d_full"]))
+            cells["ahead"].append(str(sum(d > 0 for d in diffs)))
+            cells["frustum"].append(paired_vs_baseline(kd["3d_frustum"], base["3d_frustum"]))
+            cells["fused"].append(paired_vs_baseline(kd["fused_frustum"], base["3d_frustum"])
+                                  if "fused_frustum" in kd else "-")
+        world = first["world"]
+        setting = (f"{_labels(world['label_fraction'])}, {first['data']['steps']} steps, LiDAR cue "
+                   f"{world['appearance_intensity_gap']:.2f}; {entry['camera']}")
+        rows.append({"setting": setting, "recipe": entry["recipe"], "seeds": len(first["data"]["seeds"]),
+                     "date": entry["date"], "files": entry["files"], "summary": entry.get("summary", False),
+                     **{k: " / ".join(v) for k, v in cells.items()}})
+    return manifest, rows
+
+
+def section_camera_gain(results: Path) -> str:
+    """docs/results.md: every setting of the manifest, both methods' means and spread, the paired gains."""
+    manifest, rows = _gain_rows(results)
+    if manifest is None:
+        return f"_No `{CAMERA_GAIN}` in bench/results._"
+    header = ["setting", "xModel-KD recipe", "seeds", "baseline, full scan", "xModel-KD, full scan",
+              "gain, full scan", "seeds ahead", "gain, camera frustum", "fused head vs baseline, frustum",
+              "measured"]
+    table = _table(header, [[r["setting"], r["recipe"], r["seeds"], r["base"], r["kd"], f"**{r['full']}**",
+                             r["ahead"], r["frustum"], r["fused"], r["date"]] for r in rows])
+    files = "; ".join(" + ".join(f"`{Path(f).name}`" for f in r["files"]) for r in rows)
+    return (f"{manifest['what']} Measured on {manifest['machine']}.\n\n{table}\n\n"
+            f"Results files in row order (`research/results/`): {files}.")
+
+
+def section_camera_gain_summary(results: Path) -> str:
+    """README: the rows of the manifest marked `summary`, gains only."""
+    manifest, rows = _gain_rows(results)
+    if manifest is None:
+        return f"_No `{CAMERA_GAIN}` in bench/results._"
+    header = ["setting", "xModel-KD recipe", "seeds", "gain, full scan", "gain, camera frustum", "measured"]
+    cells = [[r["setting"], r["recipe"], r["seeds"], f"**{r['full']}**", r["frustum"], r["date"]]
+             for r in rows if r["summary"]]
+    table = _table(header, cells)
+    return (f"mIoU gain of the LiDAR branch alone over the LiDAR-only baseline, paired by seed (± standard "
+            f"error), val sequences 01 / 02; {manifest['machine']}. Every setting, with spreads: "
+            f"docs/results.md.\n\n{table}")
+
+
+def section_demo(results: Path) -> str:
+    """README: what the last `make demo` measured."""
+    data = _load(results, "demo.json")
+    if data is None:
+        return "_Not recorded: run `make demo`, then `python -m bench.record_demo`._"
+    f, miou, lat = data["frames"], data["miou"], data["latency_ms"]
+    note = f" ({data['note']})" if data.get("note") else ""
+    return (f"Measured by `{data['command']}` on {_machine(data)}, {data['date']}: {f['scored']}/"
+            f"{f['with_ground_truth']} scans scored at {data['replay_hz']:g} Hz replay, mIoU "
+            f"{miou['full']:.2f} (full scan) / {miou['frustum']:.2f} (camera frustum), LiDAR branch only, "
+            f"with `{data['checkpoint']}`; latency (scan published to labeled cloud received) p50 "
+            f"{lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms{note}.")
+
+
+def section_gpu(results: Path) -> str:
+    """README: the shipped model's GPU inference and the node on the GPU, from the stage and node results."""
+    stages = _load(results, "stages_cuda.json")
+    rows = _stage_row(stages, TARGET_POINTS)
+    if not rows:
+        return "_No GPU measurement in bench/results (`bash bench/gpu_session.sh` on a GPU machine)._"
+    best = _fastest(rows)
+    m, p50 = stages["machine"], best["stages_ms"]["inference"]["p50"]
+    text = (f"On one {m.get('gpu', '?')} ({stages.get('date', '?')}; spconv-triton {m.get('spconv_triton')}, "
+            f"`XKD_SPCONV_TRITON_AUTOTUNE={m.get('spconv_triton_autotune', 'full')}`) the shipped model "
+            f"segments a {TARGET_POINTS // 1000}k-point scan in {_num(p50, ' ms')} p50 "
+            f"({best['backend']} {best['precision']})")
+    node = _load(results, "node_cuda.json")
+    at10 = [r for r in (node or {}).get("rows", []) if r["rate_hz"] == 10]
+    if at10:
+        r = max(at10, key=lambda r: r["points_per_scan"])
+        text += (f"; the node, fed {r['points_per_scan'] // 1000}k-point scans at 10 Hz, published "
+                 f"{r['frames_out']} of {r['frames_published']} ({r['drops']} dropped) with end-to-end p99 "
+                 f"{_num(r['latency_publish_to_receive_ms']['p99'], ' ms')} over DDS (Fast DDS profile "
+                 f"{node.get('fastdds_profile', 'none')})")
+    return text + "."
+
+
+def section_dds(results: Path) -> str:
+    """README, "Large clouds over DDS": one hop of a full-size cloud with and without the shipped profile."""
+    data = _load(results, "transport.json")
+    if data is None:
+        return "_Not measured: `python -m bench.bench_transport`._"
+    size = min({r["points"] for r in data["rows"]}, key=lambda n: abs(n - TARGET_POINTS))
+    rows = {(r["reliability"], r["profile"]): r for r in data["rows"] if r["points"] == size}
+
+    def hop(reliability: str, profile: str) -> str:
+        r = rows.get((reliability, profile))
+        if r is None:
+            return "not measured"
+        lat = f", {_num(r['latency_ms']['p50'], ' ms')} p50 a hop" if r["received"] else ""
+        return f"{r['received']} of {r['sent']} arrived{lat}"
+
+    where = _machine(data).split(",")[0]
+    return (f"One hop of a {size // 1000}k-point cloud between two processes, without a Fast DDS profile: "
+            f"best effort (the node's input default, and what LiDAR drivers publish with) "
+            f"{hop('best_effort', 'none')}, reliable {hop('reliable', 'none')}; with "
+            f"`config/fastdds_large_clouds.xml`: best effort {hop('best_effort', 'shipped')}, reliable "
+            f"{hop('reliable', 'shipped')} ({where}, {data.get('date', '?')}, {data['rmw']}).")
+
+
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "run": section_run, "stages": section_stages, "pointcloud": section_pointcloud, "node": section_node,
     "train": section_train, "targets": section_targets, "ab": section_ab, "transport": section_transport,
+    "camera_gain": section_camera_gain, "camera_gain_summary": section_camera_gain_summary,
+    "demo": section_demo, "gpu": section_gpu, "dds": section_dds,
 }
 
 
@@ -307,30 +467,36 @@ def render_doc(text: str, results: Path) -> str:
     def replace(match: re.Match) -> str:
         name = match.group(1)
         if name not in SECTIONS:
-            raise ValueError(f"docs marker <!-- bench:{name} --> names no section; known: {sorted(SECTIONS)}")
-        return f"<!-- bench:{name} -->\n{SECTIONS[name](results)}\n<!-- /bench:{name} -->"
+            raise ValueError(f"marker <!-- figures:{name} --> names no section; known: {sorted(SECTIONS)}")
+        return f"<!-- figures:{name} -->\n{SECTIONS[name](results)}\n<!-- /figures:{name} -->"
 
-    return re.sub(r"<!-- bench:(\w+) -->.*?<!-- /bench:\1 -->", replace, text, flags=re.DOTALL)
+    return re.sub(r"<!-- figures:(\w+) -->.*?<!-- /figures:\1 -->", replace, text, flags=re.DOTALL)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--results", type=Path, default=RESULTS)
-    p.add_argument("--doc", type=Path, default=DOC)
-    p.add_argument("--check", action="store_true", help="exit 1 if the doc differs from the results")
+    p.add_argument("--doc", type=Path, nargs="+", default=list(DOCS),
+                   help="docs to render (default: README.md docs/results.md docs/performance.md)")
+    p.add_argument("--check", action="store_true", help="exit 1 if a doc differs from the results")
     args = p.parse_args(argv)
-    if not args.doc.is_file():
-        p.error(f"--doc {args.doc} does not exist")
-    old = args.doc.read_text()
-    new = render_doc(old, args.results)
-    if args.check:
-        if new != old:
-            print(f"{args.doc} is stale: run python -m bench.report", file=sys.stderr)
-            return 1
-        return 0
-    args.doc.write_text(new)
-    print(f"rendered {args.doc} from {args.results}")
-    return 0
+    missing = [str(d) for d in args.doc if not d.is_file()]
+    if missing:
+        p.error(f"--doc: no such file: {', '.join(missing)}")
+    stale = []
+    for doc in args.doc:
+        old = doc.read_text()
+        new = render_doc(old, args.results)
+        if new == old:
+            continue
+        if args.check:
+            stale.append(doc)
+        else:
+            doc.write_text(new)
+            print(f"rendered {doc} from {args.results}")
+    for doc in stale:
+        print(f"{doc} is stale: run python -m bench.report", file=sys.stderr)
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ all (the baseline's recall) and what the teacher (the fused head) and the studen
 
     python -m experiments.recall_by_region --data data/results/gap005 --sequences 01 --scans 12 \\
         --model base=runs/.../baseline_lidar/seed0/last.pt --model kd=runs/.../xmodel_kd/seed0/last.pt \\
-        --model teacher=runs/.../xmodel_kd/seed0/last.pt:fuse --out docs/results/recall_by_region.json
+        --model teacher=runs/.../xmodel_kd/seed0/last.pt:fuse --out research/results/recall_by_region.json
 """
 
 from __future__ import annotations

@@ -5,7 +5,10 @@ Nothing here is timed: these check that the tools run and that the doc tables sa
 
 from __future__ import annotations
 
+import argparse
+import itertools
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -16,34 +19,35 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # `bench` is a folder of the repository, not an installed package
     sys.path.insert(0, str(REPO))
 
-from bench import bench_stages, report  # noqa: E402
+from bench import bench_stages, record_demo, report  # noqa: E402
 from bench.common import resize_cloud  # noqa: E402
+from experiments import kd_vs_baseline  # noqa: E402
 
 DOC = """# Performance
 
 Hand-written text that must survive.
 
-<!-- bench:targets -->
+<!-- figures:targets -->
 stale
-<!-- /bench:targets -->
+<!-- /figures:targets -->
 
-<!-- bench:stages -->
-<!-- /bench:stages -->
+<!-- figures:stages -->
+<!-- /figures:stages -->
 
-<!-- bench:node -->
-<!-- /bench:node -->
+<!-- figures:node -->
+<!-- /figures:node -->
 
-<!-- bench:pointcloud -->
-<!-- /bench:pointcloud -->
+<!-- figures:pointcloud -->
+<!-- /figures:pointcloud -->
 
-<!-- bench:train -->
-<!-- /bench:train -->
+<!-- figures:train -->
+<!-- /figures:train -->
 
-<!-- bench:run -->
-<!-- /bench:run -->
+<!-- figures:run -->
+<!-- /figures:run -->
 
-<!-- bench:transport -->
-<!-- /bench:transport -->
+<!-- figures:transport -->
+<!-- /figures:transport -->
 
 Closing words.
 """
@@ -107,7 +111,7 @@ def test_report_renders_every_section_from_the_results_files(tmp_path):
     assert "**212 / 260**" in text and "| 94% |" in text
     assert "no CUDA device on this machine" in text and "fp16 autocast is CUDA-only" in text
     # targets: verdicts follow the numbers (encode is judged at p99: 2.4 ms is over 2 ms)
-    targets = text.split("<!-- bench:targets -->")[1].split("<!-- /bench:targets -->")[0]
+    targets = text.split("<!-- figures:targets -->")[1].split("<!-- /figures:targets -->")[0]
     assert "unmeasured: no GPU in this run" in targets and "CPU: 205 ms" in targets
     assert "PointCloud2 -> numpy <= 2 ms, 120k points, CPU | p50 0.15 / p99 0.26 ms | **met**" in targets
     assert "numpy -> PointCloud2 <= 2 ms, 120k points, CPU | p50 1.90 / p99 2.40 ms | **not met**" in targets
@@ -126,9 +130,121 @@ def test_report_renders_every_section_from_the_results_files(tmp_path):
 
 def test_report_refuses_an_unknown_marker(tmp_path):
     doc = tmp_path / "d.md"
-    doc.write_text("<!-- bench:nonsense -->\n<!-- /bench:nonsense -->\n")
-    with pytest.raises(ValueError, match="bench:nonsense"):
+    doc.write_text("<!-- figures:nonsense -->\n<!-- /figures:nonsense -->\n")
+    with pytest.raises(ValueError, match="figures:nonsense"):
         report.main(["--results", str(tmp_path), "--doc", str(doc)])
+
+
+def _runner_results(tmp_path: Path, val_sequence: str, base: list[float], kd: list[float]) -> Path:
+    """A results file as `experiments/kd_vs_baseline.py` writes it, from hand-made run folders."""
+    args = argparse.Namespace(worlds=[("w", 0.10, 0.5)], label_fractions=[0.02], seeds=[0, 1, 2], steps=600,
+                              scans=5, runs=tmp_path / "runs", data=tmp_path / "data",
+                              variants=[kd_vs_baseline.parse_variant("kdall:model.kd_average=all")],
+                              methods=["baseline_lidar", "xmodel_kd+kdall"], val_sequence=val_sequence)
+    for (key, *_), method in itertools.product(kd_vs_baseline.settings(args), args.methods):
+        for s in args.seeds:
+            rd = kd_vs_baseline.run_dir(args, key, method, s)
+            miou = base[s] if method == "baseline_lidar" else kd[s]
+            for sub, fused in kd_vs_baseline.eval_dirs(method, val_sequence).items():
+                (rd / sub).mkdir(parents=True)
+                part = {"per_class_iou": {c: 0.5 for c in kd_vs_baseline.FOCUS}}
+                frustum = 0.6 if fused else miou - 0.01
+                (rd / sub / "metrics.json").write_text(json.dumps({"full": {"miou": miou, **part},
+                                                                   "frustum": {"miou": frustum, **part}}))
+            (rd / "log.jsonl").write_text(json.dumps({"perf/s_per_step": 0.5}) + "\n")
+    out = tmp_path / f"gain_seq{val_sequence}.json"
+    out.write_text(json.dumps(kd_vs_baseline.collect(args)))
+    return out
+
+
+def test_camera_gain_table_pairs_the_runners_results_by_seed(tmp_path):
+    seq01 = _runner_results(tmp_path / "a", "01", [0.30, 0.32, 0.34], [0.31, 0.35, 0.34])  # +1, +3, 0
+    seq02 = _runner_results(tmp_path / "b", "02", [0.30, 0.32, 0.34], [0.29, 0.31, 0.33])  # -1 on each seed
+    row = {"files": [str(seq01), str(seq02)], "method": "xmodel_kd+kdall", "camera": "wide camera",
+           "recipe": "the preset's KL", "date": "2026-12-01", "summary": True}
+    manifest = {"what": "Baseline against xModel-KD.", "machine": "a test machine",
+                "rows": [row, dict(row, files=[str(seq01)], summary=False)]}
+    (tmp_path / report.CAMERA_GAIN).write_text(json.dumps(manifest))
+    table = report.section_camera_gain(tmp_path)
+    se = statistics.stdev([1.0, 3.0, 0.0]) / 3 ** 0.5
+    first, second = (line for line in table.splitlines() if line.startswith("| 2 % labels"))
+    assert first.startswith("| 2 % labels, 600 steps, LiDAR cue 0.10; wide camera | the preset's KL | 3 |")
+    assert "| 32.0 ± 2.0 / 32.0 ± 2.0 | 33.3 ± 2.1 / 31.0 ± 2.0 |" in first  # means ± sd over the seeds
+    assert f"| **+1.3 ± {se:.1f} / -1.0 ± 0.0** | 2 / 0 |" in first  # paired by seed, seeds ahead
+    assert first.endswith("| +29.0 ± 1.2 / +29.0 ± 1.2 | 2026-12-01 |")  # fused 60 against frustum 29, 31, 33
+    assert f"| **+1.3 ± {se:.1f} / -** | 2 / - |" in second  # a setting measured on sequence 01 only
+    assert "Measured on a test machine." in table and "`gain_seq01.json` + `gain_seq02.json`" in table
+    summary = report.section_camera_gain_summary(tmp_path)
+    assert summary.count("| 2 % labels") == 1 and f"**+1.3 ± {se:.1f} / -1.0 ± 0.0**" in summary
+    wrong = dict(manifest, rows=[dict(row, method="xmodel_kd")])
+    (tmp_path / report.CAMERA_GAIN).write_text(json.dumps(wrong))
+    with pytest.raises(ValueError, match="no method 'xmodel_kd'"):
+        report.section_camera_gain(tmp_path)
+
+
+def test_demo_figures_come_from_the_demo_report(tmp_path):
+    demo_report = {"mode": "live", "checkpoint": "/somewhere/xkd_synth_small.pt",
+                   "frames": {"scored": 40, "with_ground_truth": 40, "dropped": 0, "mismatched": 0},
+                   "miou": {"full": 33.564, "frustum": 31.306},
+                   "latency_ms": {"samples": 40, "p50": 93.4, "p90": 108.0, "p99": 116.6, "mean": 95.0,
+                                  "max": 120.0},
+                   "latency_definition": "labeled cloud received - scan published (rclpy, one clock)",
+                   "node_diagnostics": {"device": "cpu"}, "demo": {"scans": 40, "replay_hz": 4.0}}
+    (tmp_path / "report.json").write_text(json.dumps(demo_report))
+    assert record_demo.main(["--report", str(tmp_path / "report.json"), "--out", str(tmp_path / "demo.json")
+                             ]) == 0
+    recorded = json.loads((tmp_path / "demo.json").read_text())
+    assert recorded["machine"]["cores"] and recorded["checkpoint"] == "xkd_synth_small.pt"
+    text = report.section_demo(tmp_path)
+    assert "40/40 scans scored at 4 Hz replay, mIoU 33.56 (full scan) / 31.31 (camera frustum)" in text
+    assert "p50 93 ms, p99 117 ms." in text and text.startswith("Measured by `make demo` on ")
+    with pytest.raises(ValueError, match="no 'demo' section"):  # an xkd-bag-eval report is not a demo's
+        record_demo.demo_record({k: v for k, v in demo_report.items() if k != "demo"}, "today")
+    assert "Not recorded" in report.section_demo(tmp_path / "nowhere")
+
+
+def test_gpu_sentence_takes_the_fastest_shipped_row_and_the_10hz_node_row(tmp_path):
+    _write_results(tmp_path)
+    assert "No GPU measurement" in report.section_gpu(tmp_path)  # stages_cuda.json with skipped rows only
+    stages = {k: _stats(1.0, 2.0) for k in report.STAGES}
+    machine = {"gpu": "Test GPU", "spconv_triton": "1.0.0", "spconv_triton_autotune": "1"}
+    rows = [{"points": 120000, "backend": "spconv_triton", "precision": p,
+             "stages_ms": dict(stages, total=_stats(30.0, 40.0), inference=_stats(ms, ms + 5))}
+            for p, ms in (("fp32", 15.8), ("fp16", 20.7))]
+    (tmp_path / "stages_cuda.json").write_text(json.dumps({"date": "2026-11-30 01:31 UTC", "machine": machine,
+                                                           "rows": rows}))
+    node = json.loads((tmp_path / "node_cpu.json").read_text())
+    (tmp_path / "node_cuda.json").write_text(json.dumps(node))
+    text = report.section_gpu(tmp_path)
+    assert text.startswith("On one Test GPU (2026-11-30 01:31 UTC; spconv-triton 1.0.0, "
+                           "`XKD_SPCONV_TRITON_AUTOTUNE=1`)")
+    assert "120k-point scan in 15.8 ms p50 (spconv_triton fp32)" in text
+    assert "fed 128k-point scans at 10 Hz, published 111 of 300 (189 dropped) with end-to-end p99 432 ms" \
+        in text  # the largest scans of the 10 Hz rows
+
+
+def test_dds_sentence_compares_the_profiles_on_the_full_size_cloud(tmp_path):
+    _write_results(tmp_path)
+    data = json.loads((tmp_path / "transport.json").read_text())
+    small = [dict(r, points=30000, received=r["sent"]) for r in data["rows"]]  # a size the sentence skips
+    lost = dict(data["rows"][0], reliability="reliable", received=0)
+    (tmp_path / "transport.json").write_text(json.dumps(dict(data, rows=small + data["rows"] + [lost])))
+    text = report.section_dds(tmp_path)
+    assert text.startswith("One hop of a 127k-point cloud")
+    assert "best effort (the node's input default, and what LiDAR drivers publish with) 31 of 200 " \
+           "arrived, 40.0 ms p50 a hop, reliable 0 of 200 arrived;" in text  # none arrived: no latency
+    assert "`config/fastdds_large_clouds.xml`: best effort 200 of 200 arrived, 14.0 ms p50 a hop, " \
+           "reliable not measured (Test CPU (2 cores), ?, rmw_fastrtps)." in text
+
+
+def test_the_docs_figures_are_the_results_files():
+    """`make test` fails when a figure in README.md, docs/results.md or docs/performance.md is not what
+    its results file renders (fix: python -m bench.report)."""
+    for doc, names in ((report.DOCS[0], ("demo", "gpu", "camera_gain_summary")),
+                       (report.DOCS[1], ("camera_gain", "demo")), (report.DOCS[2], ("targets", "stages"))):
+        text = doc.read_text()
+        assert all(f"<!-- figures:{n} -->" in text for n in names), doc
+    assert report.main(["--check"]) == 0
 
 
 def test_bench_stages_runs_end_to_end_on_tiny_scans(tmp_path):
