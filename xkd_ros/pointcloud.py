@@ -10,7 +10,10 @@ into a fresh `(N, 4)` float32 array in one vectorised pass; nothing else is copi
 - x, y, z must exist, with `count == 1`, as FLOAT32 or FLOAT64 (float64 is converted to float32,
   every other type is refused: integer coordinates would need a scale the message does not carry).
 - intensity is optional (0 when absent); any numeric single-count type is converted to float32
-  without scaling (Ouster's uint16 or Livox's uint8 reflectivity keep their raw values).
+  without scaling (Ouster's uint16 or Livox's uint8 reflectivity keep their raw values). The field
+  read into the 4th column is `intensity` unless the caller names another (`intensity_field=
+  "reflectivity"`, for Ouster) or none (`intensity_field=None`: the column is 0). Bringing the raw
+  values to the model's convention is `xkd_ros.intensity`'s job.
 - `is_bigendian` clouds are read correctly (numpy byte-swaps them during the gather).
 - Organised clouds (`height > 1`) are flattened row-major; padding at row ends (`row_step >
   width * point_step`) is skipped.
@@ -56,6 +59,9 @@ DATATYPE_TO_NUMPY: dict[int, np.dtype] = {
     FLOAT64: np.dtype(np.float64),
 }
 _NUMPY_TO_DATATYPE: dict[str, int] = {dt.str[1:]: code for code, dt in DATATYPE_TO_NUMPY.items()}
+#: PointField datatype -> its name in sensor_msgs/PointField (for logs and messages).
+DATATYPE_NAMES: dict[int, str] = {INT8: "INT8", UINT8: "UINT8", INT16: "INT16", UINT16: "UINT16",
+                                  INT32: "INT32", UINT32: "UINT32", FLOAT32: "FLOAT32", FLOAT64: "FLOAT64"}
 
 #: The labeled output cloud: x, y, z, intensity, label, rgb, confidence (2 pad bytes after label keep
 #: the floats 4-byte aligned). `rgb` is 0x00RRGGBB reinterpreted as float32, RViz's "RGB8" transformer.
@@ -212,13 +218,14 @@ def cloud_view(msg: Any, names: Sequence[str] | None = None) -> np.ndarray:
     return np.ndarray((height, width), dtype=dtype, buffer=raw, strides=(row_step, point_step))
 
 
-def _native_f32_run(dtype: np.dtype) -> tuple[int, int]:
-    """(offset of x, k) when x, y, z (k=3) or x, y, z, intensity (k=4) are adjacent native float32."""
+def _native_f32_run(dtype: np.dtype, names: Sequence[str]) -> tuple[int, int]:
+    """(offset of x, k) when `names[:k]` (k = 3: x, y, z, or 4 with the intensity source) are adjacent
+    native float32."""
     f32 = np.dtype("=f4")
     fields = dtype.fields
     x_off = fields["x"][1]
     k = 0
-    for name in ("x", "y", "z", "intensity"):
+    for name in names:
         spec = fields.get(name)
         if spec is None or spec[0] != f32 or spec[1] != x_off + 4 * k:
             break
@@ -226,8 +233,23 @@ def _native_f32_run(dtype: np.dtype) -> tuple[int, int]:
     return x_off, (k if k >= 3 else 0)
 
 
-def cloud_to_xyzi(msg: Any) -> np.ndarray:
-    """The cloud's points as `(N, 4)` float32 x, y, z, intensity (row-major for organised clouds)."""
+def field_datatype(msg: Any, name: str) -> int | None:
+    """The PointField datatype of the cloud's field `name`, None when the cloud has no such field."""
+    for f in msg.fields:
+        if str(f.name) == name:
+            return int(f.datatype)
+    return None
+
+
+def cloud_to_xyzi(msg: Any, intensity_field: str | None = "intensity") -> np.ndarray:
+    """The cloud's points as `(N, 4)` float32 x, y, z, intensity (row-major for organised clouds).
+
+    The 4th column holds the raw values of `intensity_field` (default `intensity`; e.g.
+    `reflectivity` for Ouster's calibrated 8-bit reflectivity), 0 when the cloud lacks that field or
+    `intensity_field` is None.
+    """
+    if intensity_field in ("x", "y", "z"):
+        raise ValueError(f"intensity_field cannot be a coordinate, got {intensity_field!r}")
     fields = {str(f.name): f for f in msg.fields}
     for axis in ("x", "y", "z"):
         f = fields.get(axis)
@@ -241,31 +263,31 @@ def cloud_to_xyzi(msg: Any) -> np.ndarray:
                 f"field {axis!r} must be one FLOAT32 or FLOAT64,"
                 f" got datatype {int(f.datatype)} count {int(f.count)}",
             )
-    has_intensity = "intensity" in fields
-    if has_intensity and int(fields["intensity"].count) > 1:
+    src = intensity_field if intensity_field is not None and intensity_field in fields else None
+    if src is not None and int(fields[src].count) > 1:
         raise CloudFormatError(
-            "bad_field_type", f"field 'intensity' must have count 1, got {int(fields['intensity'].count)}"
+            "bad_field_type", f"field {src!r} must have count 1, got {int(fields[src].count)}"
         )
-    raw, dtype, height, width, row_step, point_step = _checked_layout(msg, ("x", "y", "z", "intensity"))
+    names = ("x", "y", "z") if src is None else ("x", "y", "z", src)
+    raw, dtype, height, width, row_step, point_step = _checked_layout(msg, names)
     shape = (height, width)
     out = np.empty((height, width, 4), dtype=np.float32)
     if height * width == 0:
         return out.reshape(0, 4)
-    if not has_intensity:
+    if src is None:
         out[..., 3] = 0.0
-    x_off, k = _native_f32_run(dtype)
+    x_off, k = _native_f32_run(dtype, names)
     done = 0
     if k:
         # The common layout (x, y, z[, intensity] adjacent native float32): copy each point's 12 or
         # 16 bytes as one opaque item, ~3x faster than four strided float copies.
         item = np.dtype(f"V{4 * k}")
-        src = np.ndarray(shape, dtype=item, buffer=raw, offset=x_off, strides=(row_step, point_step))
-        np.copyto(np.ndarray(shape, dtype=item, buffer=out, strides=(16 * width, 16)), src)
+        src_items = np.ndarray(shape, dtype=item, buffer=raw, offset=x_off, strides=(row_step, point_step))
+        np.copyto(np.ndarray(shape, dtype=item, buffer=out, strides=(16 * width, 16)), src_items)
         done = k
     view = np.ndarray(shape, dtype=dtype, buffer=raw, strides=(row_step, point_step))
-    for c, name in enumerate(("x", "y", "z", "intensity")[done:], start=done):
-        if name in view.dtype.names:
-            out[..., c] = view[name]  # converts float64/ints and byte-swaps big-endian data
+    for c, name in enumerate(names[done:], start=done):
+        out[..., c] = view[name]  # converts float64/ints and byte-swaps big-endian data
     return out.reshape(height * width, 4)
 
 
@@ -381,3 +403,12 @@ def cloud_field(msg: Any, name: str, dtype: np.dtype | type | None = None) -> np
     view = cloud_view(msg, names=(name,))
     col = view[name].reshape(view.shape[0] * view.shape[1], *view.dtype.fields[name][0].shape)
     return col.astype(dtype if dtype is not None else col.dtype.newbyteorder("="))
+
+
+def cloud_layout_text(msg: Any) -> str:
+    """One line describing a cloud's layout (fields with type and offset, point step, byte order, shape)."""
+    fields = " ".join(f"{f.name}:{DATATYPE_NAMES.get(int(f.datatype), int(f.datatype))}@{int(f.offset)}"
+                      + (f"x{int(f.count)}" if int(f.count) > 1 else "") for f in msg.fields)
+    shape = f"organised {int(msg.height)}x{int(msg.width)}" if int(msg.height) > 1 else "unorganised"
+    return (f"{fields}, point_step {int(msg.point_step)}, {'big' if msg.is_bigendian else 'little'}-endian, "
+            f"{shape}")
