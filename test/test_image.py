@@ -1,4 +1,8 @@
-"""Image / CameraInfo <-> numpy and CameraView: encodings, step padding, refusals, undistortion."""
+"""Image / CameraInfo <-> numpy and CameraView: encodings, step padding, refusals, undistortion.
+
+Raw camera encodings (Bayer, YUV, 16-bit) are in `test_image_encodings.py`, CompressedImage in
+`test_image_compressed.py`, rectified calibrations in `test_image_rectified.py`.
+"""
 
 from __future__ import annotations
 
@@ -97,8 +101,10 @@ def test_rclpy_image_round_trip_through_cdr():
     [
         (SimpleNamespace(height=2, width=2, encoding="16UC1", step=4, data=bytes(8)), "unsupported_encoding",
          "16UC1"),
-        (SimpleNamespace(height=2, width=2, encoding="bayer_rggb8", step=2, data=bytes(4)),
-         "unsupported_encoding", "bayer"),
+        (SimpleNamespace(height=2, width=2, encoding="nv21", step=2, data=bytes(4)),
+         "unsupported_encoding", "nv21"),
+        (SimpleNamespace(height=2, width=2, encoding="8UC3", step=6, data=bytes(12)),
+         "unsupported_encoding", "8UC3"),
         (SimpleNamespace(height=2, width=2, encoding="rgb8", step=5, data=bytes(10)), "bad_step", "step 5"),
         (SimpleNamespace(height=2, width=2, encoding="rgb8", step=6, data=bytes(11)), "bad_data_length",
          "11 bytes"),
