@@ -16,24 +16,25 @@ from torch.utils.data import Dataset
 from xkd_core.classes import to_learning
 from xkd_core.data.frame import CameraView, Frame
 from xkd_core.data.semantickitti import (
-    IMAGE_DIRS,
     SPLITS,
     DataFormatError,
     frame_ids,
-    read_calib,
     read_image,
     read_labels,
     read_points,
     sequence_dir,
 )
+from xkd_core.data.views import ViewCalib, camera_selectors, select_views
 
 
 class SemanticKittiDataset(Dataset):
     """Frames of SemanticKITTI sequences with labels mapped to learning ids and calibrated views.
 
     `sequences` (any ids present under `root/sequences`, e.g. synthetic data) takes precedence over
-    `split` (the official `SPLITS`). `cameras` are KITTI camera indices (2 and/or 3); each frame gets
-    one `CameraView` per camera, named after its image folder (`image_2`, `image_3`).
+    `split` (the official `SPLITS`). `cameras` selects views (`xkd_core.data.views`): KITTI indices
+    2 / 3 (views `image_2` / `image_3` from `calib.txt`), view names from a sequence's `views.yaml`
+    (e.g. `CAM_FRONT`), or `"all"` (every view of each sequence, so sequences may differ in count).
+    Each frame gets one `CameraView` per selected view, named after it.
     """
 
     def __init__(
@@ -41,7 +42,7 @@ class SemanticKittiDataset(Dataset):
         root: str | Path,
         split: str | None = "train",
         sequences: Sequence[str] | None = None,
-        cameras: Sequence[int] = (2,),
+        cameras: str | Sequence[int | str] = (2,),
         with_labels: bool = True,
     ) -> None:
         self.root = Path(root)
@@ -53,13 +54,10 @@ class SemanticKittiDataset(Dataset):
             sequences = SPLITS[split]
         elif isinstance(sequences, (str, int)):
             raise ValueError(f"sequences must be a list of ids, got the single value {sequences!r}")
-        bad = [c for c in cameras if c not in IMAGE_DIRS]
-        if bad:
-            raise ValueError(f"unknown camera(s) {bad}; cameras must be among {sorted(IMAGE_DIRS)}")
-        self.cameras = tuple(int(c) for c in cameras)
+        self.cameras = tuple(camera_selectors(cameras))
         self.with_labels = with_labels
 
-        self._calib: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
+        self._views: dict[str, list[ViewCalib]] = {}
         self._dirs: dict[str, Path] = {}
         self._index: list[tuple[str, str]] = []
         for seq in sequences:
@@ -68,22 +66,17 @@ class SemanticKittiDataset(Dataset):
                 raise DataFormatError(f"missing sequence folder: {seq_dir}")
             name = seq_dir.name
             self._dirs[name] = seq_dir
-            calib_path = seq_dir / "calib.txt"
-            calib = read_calib(calib_path) if self.cameras else None
-            try:
-                self._calib[name] = [calib.camera(c) for c in self.cameras] if calib else []
-            except DataFormatError as exc:
-                raise DataFormatError(f"{calib_path}: {exc}") from exc
+            self._views[name] = select_views(seq_dir, self.cameras)  # errors name calib.txt / views.yaml
             for fid in frame_ids(seq_dir):
-                for path in self._companions(seq_dir, fid):
+                for path in self._companions(seq_dir, name, fid):
                     if not path.is_file():
                         raise DataFormatError(
                             f"missing file: {path} (companion of {seq_dir / 'velodyne' / (fid + '.bin')})"
                         )
                 self._index.append((name, fid))
 
-    def _companions(self, seq_dir: Path, fid: str) -> list[Path]:
-        paths = [seq_dir / IMAGE_DIRS[c] / f"{fid}.png" for c in self.cameras]
+    def _companions(self, seq_dir: Path, seq: str, fid: str) -> list[Path]:
+        paths = [view.image_path(seq_dir, fid) for view in self._views[seq]]
         if self.with_labels:
             paths.insert(0, seq_dir / "labels" / f"{fid}.label")
         return paths
@@ -94,6 +87,10 @@ class SemanticKittiDataset(Dataset):
     def frames(self) -> list[tuple[str, str]]:
         """(sequence, frame_id) of every item, in index order."""
         return list(self._index)
+
+    def views(self, sequence: str) -> list[ViewCalib]:
+        """The selected views of a sequence (in the order of each frame's `views`)."""
+        return list(self._views[f"{int(sequence):02d}"])
 
     def __getitem__(self, index: int) -> Frame:
         if not -len(self) <= index < len(self):
@@ -106,7 +103,11 @@ class SemanticKittiDataset(Dataset):
             semantic, instance = read_labels(seq_dir / "labels" / f"{fid}.label", num_points=len(points))
             labels = to_learning(semantic).astype(np.int64)
         views = []
-        for cam, (K, T) in zip(self.cameras, self._calib[seq]):
-            image = read_image(seq_dir / IMAGE_DIRS[cam] / f"{fid}.png")
-            views.append(CameraView(image, K.copy(), T.copy(), IMAGE_DIRS[cam]))
+        for view in self._views[seq]:
+            path = view.image_path(seq_dir, fid)
+            image = read_image(path)
+            if view.hw is not None and image.shape[:2] != view.hw:
+                raise DataFormatError(f"image {path} is {image.shape[1]}x{image.shape[0]} but its view "
+                                      f"{view.name} is calibrated for {view.width}x{view.height}")
+            views.append(CameraView(image, view.K.copy(), view.T.copy(), view.name))
         return Frame(points, labels, instance, views, seq, fid)

@@ -2,6 +2,8 @@
 
 Layout: ``sequences/NN/{velodyne/*.bin, labels/*.label, image_2/*.png, image_3/*.png, calib.txt,
 poses.txt}``. Every reader raises `DataFormatError` naming the file when it is missing or corrupt.
+Cameras beyond KITTI's colour pair (a surround rig) are listed in ``views.yaml``
+(`xkd_core.data.views`); their per-pixel class-id images are 16-bit PNGs (`read_class_image`).
 """
 
 from __future__ import annotations
@@ -172,6 +174,30 @@ def write_image(path: str | Path, rgb: np.ndarray) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), cv2.cvtColor(np.ascontiguousarray(rgb), cv2.COLOR_RGB2BGR)):
         raise OSError(f"could not write image {path}")
+
+
+def read_class_image(path: str | Path) -> np.ndarray:
+    """A per-pixel class-id PNG (raw SemanticKITTI ids, 16-bit single channel) as (H, W) uint16."""
+    path = _need(Path(path))
+    ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if ids is None:
+        raise DataFormatError(f"corrupt or unreadable class image {path}")
+    if ids.ndim != 2 or ids.dtype != np.uint16:
+        raise DataFormatError(f"class image {path} must be a single-channel 16-bit PNG, got {ids.dtype} "
+                              f"{ids.shape}")
+    return ids
+
+
+def write_class_image(path: str | Path, ids: np.ndarray) -> None:
+    """Write (H, W) raw class ids as a 16-bit single-channel PNG (lossless)."""
+    arr = np.asarray(ids)
+    if arr.ndim != 2:
+        raise ValueError(f"class ids must be (H, W), got {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > 0xFFFF):
+        raise ValueError("class ids must fit in 16 bits")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), np.ascontiguousarray(arr, dtype=np.uint16)):
+        raise OSError(f"could not write class image {path}")
 
 
 def sequence_dir(root: str | Path, sequence: str | int) -> Path:

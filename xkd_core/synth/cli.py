@@ -28,6 +28,10 @@ _FLAGS = {
     "image_height": "camera.image_height",
     "cameras": "camera.cameras",
     "focal_scale": "camera.focal_scale",
+    "rig": "camera.rig",
+    "surround_cameras": "camera.surround.count",
+    "surround_hfov": "camera.surround.hfov",
+    "class_images": "camera.class_images",
     "appearance_intensity_gap": "appearance_intensity_gap",
 }
 
@@ -51,11 +55,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fov-down", type=float, help="elevation of the bottom beam, degrees (default -24.8)")
     p.add_argument("--max-range", type=float, help="LiDAR range, metres (default 80)")
     p.add_argument("--noise", type=float, help="LiDAR range noise std, metres (default 0.02)")
-    p.add_argument("--image-width", type=int, help="camera image width (default 620)")
-    p.add_argument("--image-height", type=int, help="camera image height (default 188)")
-    p.add_argument("--cameras", type=int, nargs="+", help="colour cameras to render: 2 and/or 3 (default 2)")
+    p.add_argument("--rig", choices=["kitti", "surround"],
+                   help="cameras: KITTI's front camera(s) (default) or a 360-degree ring (views.yaml)")
+    p.add_argument("--image-width", type=int, help="camera image width (default 620; surround rig 320)")
+    p.add_argument("--image-height", type=int, help="camera image height (default 188; surround rig 180)")
+    p.add_argument("--cameras", type=int, nargs="+",
+                   help="kitti rig: colour cameras to render, 2 and/or 3 (default 2)")
     p.add_argument("--focal-scale", type=float,
-                   help="camera focal length times KITTI's; 0.5 = ~120 degree wide-angle lens (default 1)")
+                   help="kitti rig: focal length times KITTI's; 0.5 = ~120 degree wide lens (default 1)")
+    p.add_argument("--surround-cameras", type=int,
+                   help="surround rig: number of cameras, yaws evenly spaced (default 6, nuScenes' names)")
+    p.add_argument("--surround-hfov", type=float,
+                   help="surround rig: horizontal field of view of each camera, degrees (default 70)")
+    p.add_argument("--class-images", action=argparse.BooleanOptionalAction, default=None,
+                   help="also write each camera's per-pixel class ids (class_<view>/, 16-bit PNG) and "
+                   "views.yaml (default: with the surround rig only)")
     p.add_argument("--appearance-intensity-gap", type=float,
                    help="LiDAR intensity offset of parking/other-ground/terrain (default 0 = none)")
     p.add_argument("--overwrite", action="store_true", help="replace frames of an earlier run")
@@ -71,10 +85,12 @@ def config_from_args(args: argparse.Namespace) -> SynthConfig:
     for dest, key in _FLAGS.items():
         value = getattr(args, dest)
         if value is not None:
-            section, _, name = key.rpartition(".")
-            node = data.setdefault(section, {}) if section else data
-            if not isinstance(node, dict):
-                raise ConfigError(f"'{section}' must be a mapping to set {key}")
+            *sections, name = key.split(".")
+            node = data
+            for depth, section in enumerate(sections):
+                node = node.setdefault(section, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"'{'.'.join(sections[:depth + 1])}' must be a mapping to set {key}")
             node[name] = value
     where = f"{args.config}: " if args.config else ""
     try:

@@ -15,6 +15,7 @@ then has a faint cue of its own.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 #: Camera ids the generator renders; KITTI's colour pair (image_2, image_3).
 COLOUR_CAMERAS = (2, 3)
@@ -53,24 +54,74 @@ class LidarConfig:
             raise ValueError(f"lidar.height must be above the curb (> 0.3 m), got {self.height}")
 
 
-@dataclass
-class CameraConfig:
-    """The front colour camera(s): KITTI's rectified pinhole model, scaled to the image size.
+#: Default image size (width, height) of each rig: half KITTI for `kitti`, 16:9 for `surround`.
+RIG_IMAGE_SIZE = {"kitti": (620, 188), "surround": (320, 180)}
 
-    The default is half KITTI's 1241x376 (same aspect and field of view) to keep a scan plus its
-    image well under a second on one CPU core; 1241x376 gives the full-size camera. `focal_scale`
-    multiplies KITTI's focal length: 1 is KITTI's ~82 x 29 degree lens, which sees ~13 % of a scan;
-    0.5 a ~120 x 55 degree wide-angle front camera, ~29 %. The image size stays the same.
+
+@dataclass
+class SurroundConfig:
+    """A ring of `count` cameras around the LiDAR, yaws evenly spaced, for 360-degree coverage.
+
+    With the default 6 cameras (named like nuScenes': CAM_FRONT, CAM_FRONT_LEFT, CAM_FRONT_RIGHT,
+    CAM_BACK_LEFT, CAM_BACK_RIGHT, CAM_BACK) 60 degrees apart, each sees `hfov` = 70 degrees, so
+    neighbours overlap by 10 degrees. Each camera sits `radius` metres out from the LiDAR axis along
+    its own yaw and `drop` metres below the LiDAR, pitched down by `pitch` degrees, so its LiDAR ->
+    camera transform has a real rotation and translation (not the identity up to an axis swap).
     """
 
-    image_width: int = 620
-    image_height: int = 188
-    cameras: list[int] = field(default_factory=lambda: [2])
-    pixel_noise: float = 2.0  # std of per-pixel sensor noise, in 8-bit grey levels
-    far: float = 200.0  # metres; surfaces beyond fade into haze and are unlabeled (0)
-    focal_scale: float = 1.0  # times KITTI's focal length; < 1 widens the field of view
+    count: int = 6
+    hfov: float = 70.0  # degrees, horizontal field of view of every camera
+    pitch: float = 8.0  # degrees down: the LiDAR's beams reach -24.8 degrees but only +2
+    radius: float = 0.3  # metres from the LiDAR axis
+    drop: float = 0.25  # metres below the LiDAR
 
     def __post_init__(self) -> None:
+        if not 1 <= self.count <= 16:
+            raise ValueError(f"camera.surround.count must lie in 1..16, got {self.count}")
+        if not 10.0 <= self.hfov <= 150.0:
+            # past ~150 degrees a pinhole image spends most pixels on its borders
+            raise ValueError(f"camera.surround.hfov must lie in [10, 150] degrees, got {self.hfov}")
+        if not -45.0 <= self.pitch <= 45.0:
+            raise ValueError(f"camera.surround.pitch must lie in [-45, 45] degrees, got {self.pitch}")
+        if not 0.0 <= self.radius <= 2.0 or not -1.0 <= self.drop <= 1.0:
+            raise ValueError(f"camera.surround.radius must lie in [0, 2] m and drop in [-1, 1] m, got "
+                             f"{self.radius}, {self.drop}")
+
+
+@dataclass
+class CameraConfig:
+    """The camera rig: KITTI's front colour camera(s), or a surround ring of N cameras.
+
+    `rig: kitti` (default) renders KITTI's rectified pinhole cameras `cameras` (2 and/or 3) into
+    `image_2/`, `image_3/` with `calib.txt`; the default image is half KITTI's 1241x376 (same aspect
+    and field of view), 1241x376 gives the full-size camera. `focal_scale` multiplies KITTI's focal
+    length: 1 is KITTI's ~82 x 29 degree lens, which sees ~13 % of a scan; 0.5 a ~120 x 55 degree
+    wide-angle front camera, ~29 %. `rig: surround` renders the `surround` ring (default 320x180 per
+    camera) into `image_<name>/`, listed with their calibration in `views.yaml`.
+
+    `image_width` / `image_height` left null take the rig's default (`RIG_IMAGE_SIZE`).
+    `class_images` writes each camera's per-pixel raw class ids (`class_<name>/`, 16-bit PNG) and a
+    `views.yaml` naming them; null = with the surround rig only (KITTI's output stays as it was).
+    """
+
+    rig: Literal["kitti", "surround"] = "kitti"
+    image_width: int | None = None
+    image_height: int | None = None
+    cameras: list[int] = field(default_factory=lambda: [2])  # kitti rig only
+    pixel_noise: float = 2.0  # std of per-pixel sensor noise, in 8-bit grey levels
+    far: float = 200.0  # metres; surfaces beyond fade into haze and are unlabeled (0)
+    focal_scale: float = 1.0  # kitti rig only: times KITTI's focal length; < 1 widens the field of view
+    surround: SurroundConfig = field(default_factory=SurroundConfig)
+    class_images: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.rig not in RIG_IMAGE_SIZE:
+            raise ValueError(f"camera.rig must be one of {sorted(RIG_IMAGE_SIZE)}, got {self.rig!r}")
+        width, height = RIG_IMAGE_SIZE[self.rig]
+        self.image_width = width if self.image_width is None else self.image_width
+        self.image_height = height if self.image_height is None else self.image_height
+        if self.class_images is None:
+            self.class_images = self.rig == "surround"
         if self.image_width < 16 or self.image_height < 16:
             raise ValueError(
                 f"camera.image_width/image_height must be >= 16, got {self.image_width}x{self.image_height}"

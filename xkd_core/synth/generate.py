@@ -9,21 +9,23 @@ import numpy as np
 from tqdm import tqdm
 
 from xkd_core.data.semantickitti import (
-    IMAGE_DIRS,
     sequence_dir,
     write_calib,
+    write_class_image,
     write_image,
     write_labels,
     write_points,
     write_poses,
 )
+from xkd_core.data.views import VIEWS_FILE, write_views
 from xkd_core.synth.config import SynthConfig
 from xkd_core.synth.sequence import SyntheticSequence, sequence_number
 
 SCAN_PERIOD = 0.1  # seconds between scans (10 Hz), for times.txt
 
 # Files a previous run may have left in a sequence folder (removed with overwrite=True).
-_FRAME_GLOBS = ("velodyne/*.bin", "labels/*.label", "image_2/*.png", "image_3/*.png")
+_FRAME_GLOBS = ("velodyne/*.bin", "labels/*.label", "image_2/*.png", "image_3/*.png", "image_CAM_*/*.png",
+                "class_*/*.png", VIEWS_FILE)
 
 
 def _prepare(seq_dir: Path, overwrite: bool) -> None:
@@ -38,6 +40,9 @@ def _prepare(seq_dir: Path, overwrite: bool) -> None:
         )
     for p in old:
         p.unlink()
+    for folder in sorted({p.parent for p in old} - {seq_dir}):
+        if not any(folder.iterdir()):
+            folder.rmdir()  # an emptied camera folder would still look like a view of the sequence
 
 
 def generate(
@@ -53,7 +58,9 @@ def generate(
     """Write `scans` frames of each sequence under `out_dir/sequences/NN/`.
 
     Per frame: `velodyne/NNNNNN.bin`, `labels/NNNNNN.label` (raw ids | instance << 16) and one PNG per
-    configured camera; per sequence: `calib.txt`, `poses.txt`, `times.txt`. The same arguments always
+    camera of the rig (`image_2/`, or `image_<name>/` for the surround ring), with `class_images` also
+    its per-pixel class ids (`class_<...>/`, 16-bit PNG); per sequence: `calib.txt`, `poses.txt`,
+    `times.txt`, and `views.yaml` for the surround rig or with class images. The same arguments always
     give byte-identical files; each sequence has its own world (sub-seed from its number).
     """
     cfg = config or SynthConfig()
@@ -73,7 +80,9 @@ def generate(
         seq_dir = sequence_dir(out, num)
         _prepare(seq_dir, overwrite)
         bar.set_postfix_str(f"sequence {seq.name}")
-        write_calib(seq_dir / "calib.txt", seq.calib)
+        write_calib(seq_dir / "calib.txt", seq.calib)  # also for the surround rig: Tr gives poses.txt meaning
+        if cfg.camera.rig == "surround" or cfg.camera.class_images:
+            write_views(seq_dir / VIEWS_FILE, seq.views)
         write_poses(seq_dir / "poses.txt", seq.poses())
         np.savetxt(seq_dir / "times.txt", np.arange(scans) * SCAN_PERIOD, fmt="%.6e")
         for frame in range(scans):
@@ -81,8 +90,10 @@ def generate(
             points, sem, inst = seq.scan(frame)
             write_points(seq_dir / "velodyne" / f"{name}.bin", points)
             write_labels(seq_dir / "labels" / f"{name}.label", sem, inst)
-            for cam in cfg.camera.cameras:
-                rgb, _ = seq.image(frame, cam)
-                write_image(seq_dir / IMAGE_DIRS[cam] / f"{name}.png", rgb)
+            for view in seq.views:
+                rgb, classes = seq.image(frame, view.name)
+                write_image(view.image_path(seq_dir, name), rgb)
+                if view.class_dir is not None:
+                    write_class_image(view.class_path(seq_dir, name), classes)
             bar.update(1)
     bar.close()

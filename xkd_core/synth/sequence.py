@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from xkd_core.data.views import ViewCalib
 from xkd_core.synth.camera import make_calib, pixel_rays, render
 from xkd_core.synth.config import SynthConfig
 from xkd_core.synth.lidar import beam_grid, scan
+from xkd_core.synth.rig import kitti_index, rig_views
 from xkd_core.synth.world import Scene, build_world
 
 _WORLD, _LIDAR, _CAMERA = 0, 1, 2  # sub-seed streams
+_SURROUND_STREAM = 100  # camera sub-streams of the surround ring: 100 + its index (KITTI's: 2, 3)
 
 
 def sequence_number(sequence: str | int) -> int:
@@ -46,8 +49,10 @@ class SyntheticSequence:
         world_rng = np.random.default_rng([self.seed, self.number, _WORLD])
         self.scene: Scene = build_world(wcfg, world_rng, length=(self.scans - 1) * wcfg.step)
         self.calib = make_calib(config.camera)
+        #: The rendered cameras as named views (KITTI's image_2 / image_3, or the surround ring).
+        self.views: list[ViewCalib] = rig_views(config.camera, self.calib)
         self._grid = beam_grid(config.lidar)
-        self._rays: dict[int, np.ndarray] = {}
+        self._rays: dict[str, np.ndarray] = {}
         # Drive in the middle of the right lane with a slow lateral wander.
         s = np.arange(self.scans) * wcfg.step
         phase = world_rng.uniform(0.0, 2.0 * np.pi)
@@ -72,16 +77,26 @@ class SyntheticSequence:
         return scan(self.scene, self.lidar_poses[frame], self.config.lidar, self._grid,
                     self.config.appearance_intensity_gap, rng)
 
-    def image(self, frame: int, cam: int) -> tuple[np.ndarray, np.ndarray]:
-        """RGB uint8 (H, W, 3) and raw class ids (H, W) uint16 of camera `cam` at a frame."""
+    def view(self, cam: int | str) -> ViewCalib:
+        """The rendered view `cam`: a KITTI index (2, 3) or a view name (`image_2`, `CAM_FRONT`)."""
+        name = f"image_{cam}" if isinstance(cam, (int, np.integer)) and not isinstance(cam, bool) else cam
+        for view in self.views:
+            if view.name == name:
+                return view
+        raise ValueError(f"camera {cam!r} is not rendered (rendered views: {[v.name for v in self.views]})")
+
+    def image(self, frame: int, cam: int | str) -> tuple[np.ndarray, np.ndarray]:
+        """RGB uint8 (H, W, 3) and raw class ids (H, W) uint16 of camera `cam` (see `view`) at a frame."""
         self._check(frame)
-        if cam not in self.config.camera.cameras:
-            raise ValueError(f"camera {cam} is not rendered (camera.cameras = {self.config.camera.cameras})")
-        K, T = self.calib.camera(cam)
-        if cam not in self._rays:
-            self._rays[cam] = pixel_rays(K, self.config.camera.image_width, self.config.camera.image_height)
-        rng = np.random.default_rng([self.seed, self.number, _CAMERA, frame, cam])
-        return render(self.scene, K, T, self.lidar_poses[frame], self.config.camera, self._rays[cam], rng)
+        view = self.view(cam)
+        if view.name not in self._rays:
+            self._rays[view.name] = pixel_rays(view.K, self.config.camera.image_width,
+                                               self.config.camera.image_height)
+        kitti = kitti_index(view.name)
+        stream = kitti if kitti is not None else _SURROUND_STREAM + self.views.index(view)
+        rng = np.random.default_rng([self.seed, self.number, _CAMERA, frame, stream])
+        return render(self.scene, view.K, view.T, self.lidar_poses[frame], self.config.camera,
+                      self._rays[view.name], rng)
 
     def poses(self) -> np.ndarray:
         """KITTI `poses.txt`: camera-0 pose of every frame in the camera-0 frame of frame 0, (F, 4, 4)."""
