@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from xkd_ros.fastdds import PROFILE_NAME
-from xkd_ros.node_process import config_file
+from xkd_ros.paths import config_file
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -137,7 +137,7 @@ def random_checkpoint(tmp: Path, preset: str = "synth_small") -> Path:
     from xkd_core.training.config import load_train_config
 
     path = REPO / "config" / "train" / "xmodel_kd.yaml"
-    cfg = load_train_config(path, preset, ["model.image_pretrained=none"])
+    cfg = load_train_config(path, preset, ["model.architecture.image_pretrained=none"])
     torch.manual_seed(0)
     return save_checkpoint(Path(tmp) / f"{preset}_random.pt", XModelKD.from_config(cfg.model), cfg.model,
                            image_hw=tuple(cfg.data.image_hw))

@@ -69,10 +69,30 @@ def synthetic_image(seed: int) -> np.ndarray:
     return img
 
 
-def topics(prefix: str) -> dict[str, str]:
-    """Per-node topic names, so several node processes in one test session never cross-talk."""
-    return {key: f"/{prefix}/{key}" for key in ("cloud_in", "image_in", "camera_info_in", "cloud_out",
-                                                "overlay_out")}
+#: The camera name the single-camera tests give the node.
+CAMERA = "cam"
+
+
+def topics(prefix: str, camera: str = CAMERA) -> dict[str, str]:
+    """Per-node topic names, so several node processes in one test session never cross-talk.
+
+    `image_in`, `camera_info_in` and `overlay_out` are camera `camera`'s (the overlay is published on
+    `<topics.overlay_out>/<camera>`).
+    """
+    return {"cloud_in": f"/{prefix}/cloud_in", "cloud_out": f"/{prefix}/cloud_out",
+            "filtered_out": f"/{prefix}/filtered_out", "class_map_out": f"/{prefix}/class_map",
+            "image_in": f"/{prefix}/{camera}/image_raw", "camera_info_in": f"/{prefix}/{camera}/camera_info",
+            "overlay_out": f"/{prefix}/overlay/{camera}"}
+
+
+def node_params(prefix: str, camera: str = CAMERA) -> dict[str, Any]:
+    """The node parameters that make it use `topics(prefix, camera)` and the fixture's extrinsics T."""
+    tp = topics(prefix, camera)
+    return {"topics.cloud_in": tp["cloud_in"], "topics.cloud_out": tp["cloud_out"],
+            "topics.filtered_out": tp["filtered_out"], "topics.class_map_out": tp["class_map_out"],
+            "topics.overlay_out": f"/{prefix}/overlay", "cameras.names": [camera],
+            f"cameras.{camera}.image_topic": tp["image_in"], f"cameras.{camera}.camera_info_topic":
+            tp["camera_info_in"], f"cameras.{camera}.lidar_to_camera": [float(v) for v in T.reshape(-1)]}
 
 
 class NodeProcess:
@@ -133,8 +153,9 @@ class Harness:
     def __init__(self, name: str, topics: dict[str, str]) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.qos import QoSProfile, ReliabilityPolicy
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+        from std_msgs.msg import String
 
         self.topics = topics
         self.context = rclpy.Context()
@@ -149,10 +170,19 @@ class Harness:
         self.image_pub = self.node.create_publisher(Image, topics["image_in"], reliable)
         self.info_pub = self.node.create_publisher(CameraInfo, topics["camera_info_in"], reliable)
         self.clouds: list[Received] = []
+        self.filtered: list[Received] = []
         self.overlays: list[Received] = []
         self.diagnostics: list[Received] = []
+        self.class_maps: list[Received] = []
         self.node.create_subscription(PointCloud2, topics["cloud_out"],
                                       lambda m: self.clouds.append(Received(m, time.monotonic())), reliable)
+        self.node.create_subscription(PointCloud2, topics["filtered_out"],
+                                      lambda m: self.filtered.append(Received(m, time.monotonic())), reliable)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.node.create_subscription(String, topics["class_map_out"],
+                                      lambda m: self.class_maps.append(Received(m, time.monotonic())),
+                                      latched)
         self.node.create_subscription(Image, topics["overlay_out"],
                                       lambda m: self.overlays.append(Received(m, time.monotonic())), reliable)
         self.node.create_subscription(DiagnosticArray, "/diagnostics",
@@ -201,10 +231,11 @@ class Harness:
 
         self.cloud_pub.publish(to_rclpy_cloud(rclpy_header(stamp_ns, frame_id), xyzi_array(points)))
 
-    def output_for(self, stamp_ns: int) -> Any | None:
+    def output_for(self, stamp_ns: int, received: list[Received] | None = None) -> Any | None:
+        """The labeled cloud (or, with `received=self.filtered`, the filtered one) stamped `stamp_ns`."""
         from xkd_ros.stamp import header_ns
 
-        for r in self.clouds:
+        for r in self.clouds if received is None else received:
             if header_ns(r.msg.header) == stamp_ns:
                 return r.msg
         return None
@@ -217,17 +248,19 @@ class Harness:
                 return r.msg
         return None
 
-    def latest_diagnostics(self, node_name: str, newer_than: float = 0.0) -> dict[str, str] | None:
-        """Key/values of node `node_name`'s newest status received after `newer_than` (monotonic)."""
+    def latest_diagnostics(self, node_name: str, newer_than: float = 0.0,
+                           status: str = "segmentation") -> dict[str, str] | None:
+        """Key/values of node `node_name`'s newest status `status` ("segmentation", or "camera <name>")
+        received after `newer_than` (monotonic), with `_level` and `_message`."""
         for r in reversed(self.diagnostics):
             if r.t <= newer_than:
                 break
-            for status in r.msg.status:
-                if status.name.startswith(f"/{node_name}:"):
-                    values = {kv.key: kv.value for kv in status.values}
-                    values["_level"] = str(int.from_bytes(status.level, "little")
-                                           if isinstance(status.level, bytes) else status.level)
-                    values["_message"] = status.message
+            for st in r.msg.status:
+                if st.name == f"/{node_name}: {status}":
+                    values = {kv.key: kv.value for kv in st.values}
+                    values["_level"] = str(int.from_bytes(st.level, "little")
+                                           if isinstance(st.level, bytes) else st.level)
+                    values["_message"] = st.message
                     return values
         return None
 

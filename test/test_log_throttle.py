@@ -1,10 +1,10 @@
-"""`xkd_ros.node_stats.LogThrottle`: per-problem rate limit of the node's warnings."""
+"""`xkd_core.log_throttle.LogThrottle`: per-problem rate limit of the node's warnings."""
 
 from __future__ import annotations
 
 import pytest
 
-from xkd_ros.node_stats import LogThrottle
+from xkd_core.log_throttle import LogThrottle
 
 
 class FakeClock:

@@ -20,6 +20,7 @@ from node_fixtures import (
     K,
     NodeProcess,
     T,
+    node_params,
     synthetic_image,
     synthetic_scan,
     tiny_checkpoint,
@@ -30,12 +31,14 @@ from xkd_core.classes import PALETTE_PACKED_RGB
 from xkd_core.config import ConfigError
 from xkd_core.data.frame import CameraView
 from xkd_core.data.pairlog import list_pair_files, read_pair_file
+from xkd_core.device import resolve_device
 from xkd_core.inference import Segmenter, SegmentResult
 from xkd_ros.image import image_to_rgb, to_rclpy_camera_info, to_rclpy_image
 from xkd_ros.node_process import write_overrides
 from xkd_ros.node_stats import NodeStats
+from xkd_ros.pipeline import Reporter, segment_with_oom_retry
 from xkd_ros.pointcloud import FLOAT32, UINT16, cloud_view, to_rclpy_cloud, xyzi_array
-from xkd_ros.segment_node import LatestFrameSlot, resolve_device, segment_with_oom_retry
+from xkd_ros.segment_node import LatestFrameSlot
 from xkd_ros.stamp import header_ns, rclpy_header
 
 pytestmark = pytest.mark.ros
@@ -90,12 +93,12 @@ def prime(h: Harness, node: NodeProcess, with_camera: bool) -> dict[int, np.ndar
 
 
 def start_node(tmp: Path, name: str, checkpoint: Path, remaps: dict[str, str] | None = None,
-               **overrides) -> tuple[NodeProcess, Harness]:
+               overrides: dict | None = None) -> tuple[NodeProcess, Harness]:
     """The node with per-node topics; `remaps` (`-r from:=to`) also apply to the harness's topics."""
     tp = topics(name)
     params = {"checkpoint": str(checkpoint), "device": "cpu", "cpu_threads": 1, "fuse_camera": True,
-              "max_range": 100.0, "diagnostics_period": 0.5, **{f"topics.{k}": v for k, v in tp.items()}}
-    params.update(overrides)
+              "max_range": 100.0, "diagnostics.period": 0.5, **node_params(name)}
+    params.update(overrides or {})
     node = NodeProcess(write_overrides(tmp / f"{name}.yaml", params, name), tmp / f"{name}.log", name,
                        remaps)
     harness = Harness(f"{name}_harness", {k: (remaps or {}).get(v, v) for k, v in tp.items()})
@@ -193,14 +196,17 @@ def test_bad_input_is_counted_and_next_frame_processed(camera_node, reference: S
                                               for i, n in enumerate("xyz")])
     short.data = bytes(60)  # half the promised bytes
     h.cloud_pub.publish(short)
-    yuv = Image(header=rclpy_header(stamp + 2, "camera"), height=2, width=2, encoding="yuv422", step=4)
-    yuv.data = bytes(8)
-    h.image_pub.publish(yuv)
     empty = to_rclpy_cloud(rclpy_header(stamp + 3, "velodyne"), xyzi_array(np.zeros((0, 4), np.float32)))
     h.cloud_pub.publish(empty)
 
+    # An image in an encoding the node cannot decode (a depth image): found when the cloud of its stamp
+    # wants it; the cloud is segmented without it.
     points = synthetic_scan(30)
     good = next_stamp()
+    depth = Image(header=rclpy_header(good, "camera"), height=2, width=2, encoding="32FC1", step=8)
+    depth.data = bytes(16)
+    h.image_pub.publish(depth)
+    h.spin_for(0.5)
     msg = send_frame(h, node, good, points, None)
     assert_cloud_matches(msg, points, expected(reference, points, None), good)
     assert h.output_for(stamp) is None and h.output_for(stamp + 1) is None and h.output_for(stamp + 3) is None
@@ -225,8 +231,10 @@ def test_bad_input_is_counted_and_next_frame_processed(camera_node, reference: S
     assert int(diag["skipped.cloud_format.bad_data_length"]) == 1
     assert int(diag["skipped.cloud_format.empty"]) == 1
     assert int(diag["skipped"]) == 3
-    assert int(diag["image_format.unsupported_encoding"]) == 1
-    assert int(diag["camera_info.size_mismatch"]) == 1
+    cam = h.latest_diagnostics(node.name, t, status="camera cam")
+    assert int(cam["image_format.unsupported_encoding"]) == 1
+    assert int(cam["camera_info.size_mismatch"]) == 1
+    assert cam["_level"] == "1"  # WARN: the camera had problems this period
     assert node.alive()
     assert "missing_field" in node.log() or "no 'z' field" in node.log()  # the skip was logged
 
@@ -236,6 +244,7 @@ def test_diagnostics_report_latency_rates_and_counters(camera_node) -> None:
     t0 = time.monotonic()
     assert h.spin_until(lambda: h.latest_diagnostics(node.name, t0) is not None, WAIT, node)
     before = h.latest_diagnostics(node.name, t0)
+    cam_before = h.latest_diagnostics(node.name, t0, status="camera cam")
     for i in range(4):
         send_frame(h, node, next_stamp(), synthetic_scan(40 + i), synthetic_image(i))
     t1 = time.monotonic()
@@ -243,7 +252,10 @@ def test_diagnostics_report_latency_rates_and_counters(camera_node) -> None:
     diag = h.latest_diagnostics(node.name, t1)
     assert int(diag["frames_out"]) - int(before["frames_out"]) == 4
     assert int(diag["frames_in"]) - int(before["frames_in"]) == 4
-    assert int(diag["sync.matched"]) - int(before["sync.matched"]) == 4
+    cam = h.latest_diagnostics(node.name, t1, status="camera cam")
+    assert int(cam["sync.matched"]) - int(cam_before["sync.matched"]) == 4
+    assert int(cam["used"]) - int(cam_before["used"]) == 4
+    assert cam["extrinsics"] == "parameter"
     assert int(diag["dropped"]) == 0  # one frame at a time: the worker never had to drop one
     p50, p99 = float(diag["latency_p50_ms"]), float(diag["latency_p99_ms"])
     assert 0 < p50 <= p99 <= float(diag["latency_max_ms"])
@@ -283,7 +295,7 @@ def test_max_range_changes_at_run_time(camera_node, checkpoint: Path) -> None:
         return future.result().results[0]
 
     assert set_double("max_range", 15.0).successful
-    refused = set_double("sync_slop", 0.1)
+    refused = set_double("sync.slop", 0.1)
     assert not refused.successful and "read-only" in refused.reason
     assert not set_double("max_range", -1.0).successful  # out of range
 
@@ -301,7 +313,7 @@ def test_max_range_changes_at_run_time(camera_node, checkpoint: Path) -> None:
 
 def test_lidar_only_mode_with_remapped_topics(tmp_path: Path, checkpoint: Path, reference: Segmenter) -> None:
     remaps = {"/xkd_lidar/cloud_in": "/remapped/points", "/xkd_lidar/cloud_out": "/remapped/labeled"}
-    node, h = start_node(tmp_path, "xkd_lidar", checkpoint, remaps=remaps, use_camera=False)
+    node, h = start_node(tmp_path, "xkd_lidar", checkpoint, remaps=remaps, overrides={"use_camera": False})
     try:
         assert h.topics["cloud_in"] == "/remapped/points"  # and the node answered there (start_node)
         assert h.image_pub.get_subscription_count() == 0  # the node does not even subscribe
@@ -324,11 +336,10 @@ def test_lidar_only_mode_with_remapped_topics(tmp_path: Path, checkpoint: Path, 
         assert node.stop() == 0
 
 
-def test_approximate_sync_and_sigterm_flushes_pair_log(tmp_path: Path, checkpoint: Path,
-                                                       reference: Segmenter) -> None:
+def test_sigterm_flushes_pair_log(tmp_path: Path, checkpoint: Path, reference: Segmenter) -> None:
     log_dir = tmp_path / "pairs"
-    node, h = start_node(tmp_path, "xkd_approx", checkpoint, sync_policy="approximate", log_pairs=True,
-                         pair_log_dir=str(log_dir), pair_log_every_n=1, pair_log_queue=8)
+    node, h = start_node(tmp_path, "xkd_pairs", checkpoint, overrides={
+        "log_pairs": True, "pair_log.dir": str(log_dir), "pair_log.every_n": 1, "pair_log.queue": 8})
     try:
         sent = {}
         for i in range(3):
@@ -368,7 +379,7 @@ class FakeSegmenter:
         self.ooms = ooms
         self.calls: list[int] = []
 
-    def segment(self, points: np.ndarray, views=None) -> SegmentResult:
+    def segment(self, points: np.ndarray, views=None, exclude=None) -> SegmentResult:
         self.calls.append(len(points))
         if self.ooms:
             self.ooms -= 1
@@ -379,18 +390,22 @@ class FakeSegmenter:
 def test_out_of_memory_retries_once_on_every_second_point_then_skips() -> None:
     points = synthetic_scan(80)
     stats = NodeStats()
-    labels, conf = segment_with_oom_retry(FakeSegmenter(0), points, None, stats)
+    lines: list[str] = []
+    report = Reporter(stats, lambda level, line: lines.append(line))
+    labels, conf = segment_with_oom_retry(FakeSegmenter(0), points, None, None, report)
     assert (labels == 3).all() and stats.snapshot().counts == {}
 
     seg = FakeSegmenter(1)
-    labels, conf = segment_with_oom_retry(seg, points, None, stats)
+    labels, conf = segment_with_oom_retry(seg, points, None, None, report)
     assert seg.calls == [len(points), (len(points) + 1) // 2]
     assert (labels[::2] == 3).all() and (labels[1::2] == 0).all() and (conf[1::2] == 0).all()
     assert len(labels) == len(points)  # still one label per input point
 
-    assert segment_with_oom_retry(FakeSegmenter(2), points, None, stats) is None
+    assert segment_with_oom_retry(FakeSegmenter(2), points, None, None, report) is None
     assert stats.snapshot().counts == {"out_of_memory": 2, "out_of_memory_subsampled": 1,
                                        "skipped.out_of_memory": 1}
+    assert lines[0].startswith("[out_of_memory] CUDA out of memory on a frame of")
+    assert lines[-1].startswith("[skipped.out_of_memory]")
 
 
 def test_latest_frame_slot_keeps_only_the_newest() -> None:
@@ -415,6 +430,6 @@ def test_latest_frame_slot_keeps_only_the_newest() -> None:
 def test_cuda_without_a_gpu_is_refused() -> None:
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
-    with pytest.raises(ConfigError, match="'device' is 'cuda' but no CUDA GPU"):
+    assert resolve_device("auto").type == "cpu" and resolve_device("cpu").type == "cpu"
+    with pytest.raises(ConfigError, match="'cuda' requested but no CUDA GPU"):
         resolve_device("cuda")

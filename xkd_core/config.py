@@ -158,3 +158,29 @@ def load_config(cls: type[T], path: str | Path, overrides: typing.Iterable[str] 
         return from_dict(cls, data)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}: a nested mapping as dotted keys (ROS parameter names, overrides)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def unflatten(values: dict[str, Any]) -> dict[str, Any]:
+    """{'a.b': 1} -> {'a': {'b': 1}}: dotted keys back to the nested mapping (the inverse of `flatten`)."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        node = out
+        *parents, leaf = name.split(".")
+        for key in parents:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"key {name!r}: {key!r} is a value, not a mapping")
+        node[leaf] = value
+    return out

@@ -46,7 +46,7 @@ def fastdds_profile_warning(rmw: str, env: Mapping[str, str]) -> str | None:
 def use_shipped_profile(env: MutableMapping[str, str]) -> str:
     """Give the processes started from here the launch file's Fast DDS profile unless `env` already
     names one (the user's wins); must run before `rclpy.init`. Returns what was used, for reports."""
-    from xkd_ros.node_process import config_file
+    from xkd_ros.paths import config_file
 
     name = profile_variable(env)
     if name:

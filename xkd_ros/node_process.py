@@ -28,44 +28,15 @@ from typing import Any
 
 import yaml
 
+from xkd_core.config import unflatten
+
 NODE_NAME = "segment_node"
 _PR_SET_PDEATHSIG = 1
 
 
-def config_file(name: str) -> Path:
-    """`config/<name>` of the source tree / editable install, else of the installed ament package."""
-    here = Path(__file__).resolve().parent.parent / "config" / name
-    if here.is_file():
-        return here
-    try:
-        from ament_index_python.packages import get_package_share_directory
-
-        shared = Path(get_package_share_directory("xkd_ros")) / "config" / name
-    except Exception:  # noqa: BLE001 - ament index missing or package not installed: report below
-        shared = None
-    if shared is not None and shared.is_file():
-        return shared
-    raise FileNotFoundError(f"cannot find config/{name} (looked at {here} and the ament share directory "
-                            "of xkd_ros)")
-
-
-def default_params_file() -> Path:
-    """The node parameters, config/segment.yaml."""
-    try:
-        return config_file("segment.yaml")
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(f"{exc}; pass --params-file") from None
-
-
 def write_overrides(path: str | Path, params: dict[str, Any], node_name: str = NODE_NAME) -> Path:
     """A params file for `/<node_name>` holding `params` (dotted names become nested keys)."""
-    tree: dict[str, Any] = {}
-    for name, value in params.items():
-        node = tree
-        *parents, leaf = name.split(".")
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
+    tree = unflatten(params)
     path = Path(path)
     path.write_text(yaml.safe_dump({f"/{node_name}": {"ros__parameters": tree}}, sort_keys=True))
     return path

@@ -126,32 +126,3 @@ class NodeStats:
             snap.latency_p50_ms, snap.latency_p99_ms = float(p50), float(p99)
             snap.latency_max_ms = float(lat.max() * 1e3)
         return snap
-
-
-class LogThrottle:
-    """Rate limit for repeated warnings, per key (e.g. the diagnostics counter of the problem).
-
-    A throttle per call site (rclpy's `throttle_duration_sec`) hides a *new* problem behind an
-    unrelated one logged a second earlier; keyed by problem, the first occurrence of each is always
-    shown, repeats at most once per `period_s`, with how many were held back meanwhile.
-    """
-
-    def __init__(self, period_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        if not period_s >= 0:
-            raise ValueError(f"period_s must be >= 0, got {period_s}")
-        self.period_s = float(period_s)
-        self._clock = clock
-        self._lock = threading.Lock()
-        self._last: dict[str, float] = {}
-        self._held: Counter[str] = Counter()
-
-    def ready(self, key: str) -> tuple[bool, int]:
-        """(show this occurrence of `key`?, occurrences held back since the last one shown)."""
-        now = self._clock()
-        with self._lock:
-            last = self._last.get(key)
-            if last is not None and now - last < self.period_s:
-                self._held[key] += 1
-                return False, 0
-            self._last[key] = now
-            return True, self._held.pop(key, 0)

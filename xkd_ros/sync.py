@@ -1,17 +1,14 @@
 """LiDAR-camera time synchronization, pure Python (no rclpy), so it is tested without a middleware.
 
-Two policies, chosen by the node parameter `sync_policy`:
+`NearestImageCache` is LiDAR-triggered: every image of a camera goes into the camera's small cache;
+each cloud asks every camera for the cached image nearest in time. A late or missing camera never
+delays the LiDAR: the cloud is segmented without that camera and the reason is counted. (A policy
+that waits for complete sets of messages would hold every cloud hostage to the slowest of N
+cameras; the node has none.)
 
-- `NearestImageCache` (`nearest`, the default): LiDAR-triggered. Every image goes into a small cache;
-  each cloud asks for the cached image nearest in time. A late or missing camera never delays the
-  LiDAR: the cloud is segmented without an image and the reason is counted.
-- `ApproximateTimeSynchronizer` (`approximate`): emits sets of one message per input whose stamps
-  lie within `slop`, each set the tightest one around the oldest message still waiting; messages
-  that can no longer be part of any set are dropped and counted.
-
-Both survive what recorded and live streams do to stamps: out-of-order and duplicated stamps, a
+It survives what recorded and live streams do to stamps: out-of-order and duplicated stamps, a
 looping bag that jumps back in time, and wild stamps far in the future. All stamps are integer
-nanoseconds. Both are thread-safe (the node may use a multi-threaded executor).
+nanoseconds. It is thread-safe (the node may use a multi-threaded executor).
 """
 
 from __future__ import annotations
@@ -19,10 +16,9 @@ from __future__ import annotations
 import bisect
 import threading
 from collections import Counter
-from collections.abc import Callable
 from typing import Any, NamedTuple
 
-_NS = 1_000_000_000
+from xkd_ros.stamp import NS_PER_S
 
 #: Reasons `NearestImageCache.match` gives.
 MATCHED = "matched"
@@ -32,7 +28,7 @@ STALE = "stale"
 
 
 def _ns(seconds: float) -> int:
-    return int(round(seconds * _NS))
+    return int(round(seconds * NS_PER_S))
 
 
 def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
@@ -185,133 +181,3 @@ class NearestImageCache:
         if self._newest_image_ns < t - self.max_age_ns:
             return Match(None, STALE, dt)
         return Match(None, OUTSIDE_SLOP, dt)
-
-
-class ApproximateTimeSynchronizer:
-    """Approximate-time policy: sets of one message per input whose stamps span at most `slop_s`.
-
-    Each input keeps up to `queue_size` messages sorted by stamp. The pivot is the input whose
-    oldest waiting message is the newest of those oldest ones: nothing older than the pivot's stamp
-    minus the slop can ever be matched any more, so it is dropped. Once every input has a message
-    at or after the pivot (later arrivals can no longer improve the choice), the tightest set that
-    contains the pivot is found by a sweep over candidate window starts; if its span is within the
-    slop it is emitted and everything older is dropped, otherwise the pivot is dropped. A set is
-    passed to `callback(*msgs)` in input order, outside the lock.
-
-    Stamps older than an input's last emitted or dropped stamp are late and dropped; a jump back of
-    more than `jump_back_s` (a looping bag) clears every queue; a duplicate stamp replaces the
-    waiting message.
-    """
-
-    def __init__(
-        self,
-        queue_size: int,
-        slop_s: float,
-        n_inputs: int,
-        callback: Callable[..., Any],
-        jump_back_s: float = 1.0,
-    ) -> None:
-        if int(queue_size) < 1:
-            raise ValueError(f"queue_size must be >= 1, got {queue_size!r}")
-        if int(n_inputs) < 2:
-            raise ValueError(f"n_inputs must be >= 2, got {n_inputs!r}")
-        _check_positive("slop_s", slop_s, allow_zero=True)
-        _check_positive("jump_back_s", jump_back_s)
-        if not callable(callback):
-            raise ValueError("callback must be callable")
-        self.queue_size = int(queue_size)
-        self.n_inputs = int(n_inputs)
-        self.slop_ns = _ns(slop_s)
-        self.jump_back_ns = _ns(jump_back_s)
-        self.callback = callback
-        self._stamps: list[list[int]] = [[] for _ in range(self.n_inputs)]
-        self._msgs: list[list[Any]] = [[] for _ in range(self.n_inputs)]
-        self._frontier: list[int | None] = [None] * self.n_inputs
-        self._counts: Counter[str] = Counter()
-        self._lock = threading.Lock()
-
-    def stats(self) -> dict[str, int]:
-        """Snapshot of the counters: received, sets, and drops per reason."""
-        keys = ("received", "sets", "dropped_unmatched", "dropped_queue_full", "dropped_late",
-                "duplicate", "time_jump")
-        with self._lock:
-            return {k: self._counts[k] for k in keys}
-
-    def pending(self) -> list[int]:
-        """Messages waiting per input."""
-        with self._lock:
-            return [len(s) for s in self._stamps]
-
-    def add(self, index: int, stamp_ns: int, msg: Any) -> None:
-        """Offer a message of input `index`; calls the callback for every set this completes."""
-        if not 0 <= int(index) < self.n_inputs:
-            raise ValueError(f"input index {index!r} out of range 0..{self.n_inputs - 1}")
-        i, t = int(index), int(stamp_ns)
-        with self._lock:
-            self._counts["received"] += 1
-            stamps, msgs = self._stamps[i], self._msgs[i]
-            front = self._frontier[i]
-            known = [x for x in (front, stamps[-1] if stamps else None) if x is not None]
-            if known and t < max(known) - self.jump_back_ns:
-                self._counts["time_jump"] += 1
-                self._reset()
-            elif front is not None and t <= front:
-                self._counts["dropped_late"] += 1
-                return
-            k = bisect.bisect_left(stamps, t)
-            if k < len(stamps) and stamps[k] == t:
-                self._counts["duplicate"] += 1
-                msgs[k] = msg
-            else:
-                stamps.insert(k, t)
-                msgs.insert(k, msg)
-                if len(stamps) > self.queue_size:
-                    self._drop(i, 1, "dropped_queue_full")
-            ready = self._collect()
-        for group in ready:
-            self.callback(*group)
-
-    def _reset(self) -> None:
-        for i in range(self.n_inputs):
-            self._stamps[i].clear()
-            self._msgs[i].clear()
-            self._frontier[i] = None
-
-    def _drop(self, i: int, n: int, reason: str | None) -> None:
-        """Drop the `n` oldest messages of input `i`; they and anything older are now late."""
-        if n <= 0:
-            return
-        last = self._stamps[i][n - 1]
-        del self._stamps[i][:n], self._msgs[i][:n]
-        self._frontier[i] = last if self._frontier[i] is None else max(last, self._frontier[i])
-        if reason:
-            self._counts[reason] += n
-
-    def _collect(self) -> list[tuple[Any, ...]]:
-        out: list[tuple[Any, ...]] = []
-        while all(self._stamps):
-            heads = [s[0] for s in self._stamps]
-            p = max(range(self.n_inputs), key=heads.__getitem__)
-            tp = heads[p]
-            for i, s in enumerate(self._stamps):  # too old to meet the pivot or anything after it
-                self._drop(i, bisect.bisect_left(s, tp - self.slop_ns), "dropped_unmatched")
-            if not all(self._stamps) or any(s[-1] < tp for s in self._stamps):
-                break  # wait: a later message could still be a closer partner of the pivot
-            best: tuple[int, list[int]] | None = None
-            starts = sorted({x for s in self._stamps for x in s if tp - self.slop_ns <= x <= tp})
-            for a in starts:
-                picks = [bisect.bisect_left(s, a) for s in self._stamps]
-                span = max(s[k] for s, k in zip(self._stamps, picks)) - a
-                if best is None or span < best[0]:
-                    best = (span, picks)
-            assert best is not None  # tp itself is a start
-            span, picks = best
-            if span <= self.slop_ns:
-                out.append(tuple(m[k] for m, k in zip(self._msgs, picks)))
-                self._counts["sets"] += 1
-                for i, k in enumerate(picks):
-                    self._drop(i, k, "dropped_unmatched")
-                    self._drop(i, 1, None)  # emitted
-            else:
-                self._drop(p, 1, "dropped_unmatched")
-        return out

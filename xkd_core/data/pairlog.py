@@ -42,6 +42,7 @@ from xkd_core.classes import IGNORE_INDEX, NUM_CLASSES
 from xkd_core.data.frame import CameraView, Frame
 from xkd_core.data.semantickitti import DataFormatError
 from xkd_core.geometry.projection import Pairs
+from xkd_core.log_throttle import LogThrottle
 
 logger = logging.getLogger(__name__)
 
@@ -302,7 +303,7 @@ class PairLogWriter:
         self._seq = 0
         self._rescan()
         self._last_error = ""
-        self._last_logged: dict[str, float] = {}
+        self._throttle = LogThrottle(10.0)
         self._pending: deque[PairSample] = deque()
         self._busy = False
         self._closing = False
@@ -505,12 +506,12 @@ class PairLogWriter:
         self._last_error = message
         self._log_throttled(kind, logging.ERROR, message)
 
-    def _log_throttled(self, kind: str, level: int, message: str, every_s: float = 10.0) -> None:
-        """Log each kind of problem at most every `every_s`: a full disk at 10 Hz must not flood."""
-        now = time.monotonic()
-        if now - self._last_logged.get(kind, -np.inf) >= every_s:
-            self._last_logged[kind] = now
-            logger.log(level, "%s (counted in diagnostics; repeats silenced for %.0f s)", message, every_s)
+    def _log_throttled(self, kind: str, level: int, message: str) -> None:
+        """Log each kind of problem at most every 10 s: a full disk at 10 Hz must not flood."""
+        show, held = self._throttle.ready(kind)
+        if show:
+            more = f"; {held} more since the last report" if held else ""
+            logger.log(level, "%s (counted in diagnostics%s)", message, more)
 
 
 # --------------------------------------------------------------------------- reader
