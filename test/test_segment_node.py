@@ -279,20 +279,10 @@ def test_diagnostics_report_latency_rates_and_counters(camera_node) -> None:
 
 
 def test_max_range_changes_at_run_time(camera_node, checkpoint: Path) -> None:
-    from rcl_interfaces.msg import Parameter as ParameterMsg
-    from rcl_interfaces.msg import ParameterType, ParameterValue
-    from rcl_interfaces.srv import SetParameters
-
     node, h = camera_node
-    client = h.node.create_client(SetParameters, f"/{node.name}/set_parameters")
-    assert client.wait_for_service(timeout_sec=WAIT)
 
     def set_double(name: str, value: float):
-        param = ParameterMsg(name=name, value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE,
-                                                             double_value=value))
-        future = client.call_async(SetParameters.Request(parameters=[param]))
-        assert h.spin_until(future.done, WAIT, node)
-        return future.result().results[0]
+        return set_parameter(h, node, name, value)
 
     assert set_double("max_range", 15.0).successful
     refused = set_double("sync.slop", 0.1)
@@ -309,6 +299,98 @@ def test_max_range_changes_at_run_time(camera_node, checkpoint: Path) -> None:
     far = np.linalg.norm(np.nan_to_num(points[:, :3], nan=0.0), axis=1) > 15.0
     assert far.sum() > 100 and (labels[far] == 0).all()
     assert set_double("max_range", 100.0).successful
+
+
+def test_filtered_cloud_and_latched_class_map(camera_node, reference: Segmenter) -> None:
+    """Downstream outputs: the cloud without the ground classes, and the class map for late subscribers."""
+    import json
+
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from std_msgs.msg import String
+
+    from xkd_core.classes import CLASS_NAMES, PALETTE_RGB
+
+    node, h = camera_node
+    points = synthetic_scan(90)
+    stamp = next_stamp()
+    labeled = cloud_view(send_frame(h, node, stamp, points, None)).reshape(-1)
+    assert h.spin_until(lambda: h.output_for(stamp, h.filtered) is not None, WAIT, node)
+    filtered = cloud_view(h.output_for(stamp, h.filtered)).reshape(-1)
+    drop = [CLASS_NAMES.index(c) for c in ("unlabeled", "road", "parking", "sidewalk", "other-ground",
+                                           "terrain")]
+    keep = ~np.isin(labeled["label"], drop)
+    assert 0 < keep.sum() < len(labeled)  # this scan has ground and obstacles
+    np.testing.assert_array_equal(filtered, labeled[keep])  # the same records, in input order
+
+    # The class map: published once at start, transient local, so a subscriber that comes late gets it.
+    context = rclpy.Context()
+    rclpy.init(context=context)
+    late = rclpy.create_node("xkd_late_class_map", context=context)
+    got: list[str] = []
+    qos = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+    late.create_subscription(String, h.topics["class_map_out"], lambda m: got.append(m.data), qos)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(late)
+    try:
+        deadline = time.monotonic() + WAIT
+        while not got and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+    finally:
+        executor.shutdown()
+        late.destroy_node()
+        context.try_shutdown()
+    assert got, "a late subscriber did not get the latched class map"
+    classes = json.loads(got[0])["classes"]
+    assert [c["name"] for c in classes] == list(CLASS_NAMES)
+    assert [c["id"] for c in classes] == list(range(len(CLASS_NAMES)))
+    assert [c["rgb"] for c in classes] == PALETTE_RGB.tolist()
+
+
+def set_parameter(h: Harness, node: NodeProcess, name: str, value: float):
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    client = h.node.create_client(SetParameters, f"/{node.name}/set_parameters")
+    assert client.wait_for_service(timeout_sec=WAIT)
+    param = ParameterMsg(name=name, value=ParameterValue(type=ParameterType.PARAMETER_DOUBLE,
+                                                         double_value=value))
+    future = client.call_async(SetParameters.Request(parameters=[param]))
+    assert h.spin_until(future.done, WAIT, node)
+    h.node.destroy_client(client)
+    return future.result().results[0]
+
+
+def test_processing_time_goes_warn_then_error_while_it_stays_above(camera_node) -> None:
+    node, h = camera_node
+    defaults = {"diagnostics.processing_time_warn_ms": 100.0, "diagnostics.processing_time_error_s": 5.0}
+    try:
+        # every frame takes longer than 1 ms on this machine: a slow period is WARN ...
+        assert set_parameter(h, node, "diagnostics.processing_time_warn_ms", 1.0).successful
+        send_frame(h, node, next_stamp(), synthetic_scan(91), None)
+        t = time.monotonic()
+        assert h.spin_until(lambda: h.latest_diagnostics(node.name, t) is not None, WAIT, node)
+        diag = h.latest_diagnostics(node.name, t)
+        assert diag["_level"] == "1" and "processing time" in diag["_message"], diag
+        assert float(diag["processing_time_max_ms_period"]) > 1.0
+        # ... and ERROR once it has stayed above for processing_time_error_s
+        assert set_parameter(h, node, "diagnostics.processing_time_error_s", 0.1).successful
+        for i in range(3):
+            send_frame(h, node, next_stamp(), synthetic_scan(92 + i), None)
+        t = time.monotonic()
+        assert h.spin_until(lambda: h.latest_diagnostics(node.name, t) is not None, WAIT, node)
+        diag = h.latest_diagnostics(node.name, t)
+        assert diag["_level"] == "2" and "processing time above 1 ms for" in diag["_message"], diag
+    finally:
+        for name, value in defaults.items():
+            assert set_parameter(h, node, name, value).successful
+    # back under the threshold: the next period with a frame is OK again
+    send_frame(h, node, next_stamp(), synthetic_scan(95), None)
+    t = time.monotonic()
+    assert h.spin_until(lambda: (h.latest_diagnostics(node.name, t) or {}).get("_level") == "0", WAIT, node)
 
 
 def test_lidar_only_mode_with_remapped_topics(tmp_path: Path, checkpoint: Path, reference: Segmenter) -> None:
