@@ -1,4 +1,4 @@
-"""The table of docs/results.md: LiDAR-only baseline vs xModel-KD on the synthetic world, several seeds.
+"""The runs of docs/results.md: LiDAR-only baseline vs xModel-KD on the synthetic world, several seeds.
 
     .venv/bin/python -m experiments.kd_vs_baseline            # everything, skipping finished pieces
     .venv/bin/python -m experiments.kd_vs_baseline --stage report
@@ -261,7 +261,7 @@ def paired_vs_baseline(row: dict, ref: dict) -> str:
 
 
 def markdown(res: dict) -> str:
-    """The tables of docs/results.md."""
+    """The tables of research/results_diary.md."""
     first = next(iter(res["worlds"].values()))["methods"]  # the paper's comparison: dense labels, 3D only
     lines = []
     if "xmodel_kd" in first:  # the machine-readable line compares the preset as specified
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads per job")
     p.add_argument("--data", type=Path, default=Path("data/results"))
     p.add_argument("--runs", type=Path, default=Path("runs/results"))
-    p.add_argument("--out", type=Path, default=Path("docs/results/kd_vs_baseline.json"))
+    p.add_argument("--out", type=Path, default=Path("research/results/kd_vs_baseline.json"))
     args = p.parse_args(argv)
     stages = ("synth", "train", "eval", "report") if args.stage == "all" else (args.stage,)
     if "synth" in stages:

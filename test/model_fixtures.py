@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from xkd_core.config import from_dict
 from xkd_core.data.frame import CameraView, Frame
-from xkd_core.models.xmodel_kd import ModelConfig
+from xkd_core.models.model_config import ModelConfig, migrate_model_dict
 
 #: LiDAR (x forward, y left, z up) -> camera (x right, y down, z forward).
 LIDAR_TO_CAM = np.array([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0],
@@ -38,11 +39,13 @@ def random_frame(rng: np.random.Generator, n: int = 1500, views: list[CameraView
 
 
 def tiny_config(**overrides) -> ModelConfig:
-    """Small enough for a CPU test: 3 UNet levels of 8-16 channels, resnet18 cut after stage 2."""
+    """Small enough for a CPU test: 3 UNet levels of 8-16 channels, resnet18 cut after stage 2.
+
+    Settings are given by name (`tiny_config(wkd=0.5, use_camera=False)`); each goes to its section."""
     base = dict(
         voxel_size=0.4, unet_channels=[8, 16, 16], unet_decoder_channels=[8, 16], unet_blocks=1,
         image_backbone="resnet18", image_out_indices=[1, 2], fpn_dim=8, embed_dim=8,
         scales=[[0, 0], [1, 1], [2, 1]], fusion_hidden=16, max_pairs=256,
     )
     base.update(overrides)
-    return ModelConfig(**base)
+    return from_dict(ModelConfig, migrate_model_dict(base))

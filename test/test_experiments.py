@@ -1,4 +1,4 @@
-"""experiments/kd_vs_baseline.py: the report maths of docs/results.md on hand-made run folders."""
+"""experiments/kd_vs_baseline.py: the report maths behind docs/results.md on hand-made run folders."""
 
 from __future__ import annotations
 
@@ -76,7 +76,8 @@ def test_another_val_sequence_reads_its_own_folders(tmp_path: Path) -> None:
 
 def test_methods_filter_keeps_the_baseline(tmp_path: Path) -> None:
     args = argparse.Namespace(worlds=[("w", 0.0, 1.0)], label_fractions=[1.0], seeds=[0], steps=10, scans=5,
-                              runs=tmp_path, data=tmp_path, variants=[exp.parse_variant("kdall:model.wc=0")],
+                              runs=tmp_path, data=tmp_path,
+                              variants=[exp.parse_variant("kdall:model.losses.wc=0")],
                               methods=["baseline_lidar", "xmodel_kd+kdall"])
     assert exp.methods(args) == ["baseline_lidar", "xmodel_kd+kdall"]
     args.methods = ["xmodel_kd+kdall"]
@@ -88,17 +89,18 @@ def test_methods_filter_keeps_the_baseline(tmp_path: Path) -> None:
 
 
 def test_variant_is_its_own_method_with_its_overrides(tmp_path: Path) -> None:
-    variant = exp.parse_variant("kdall:model.kd_average=all")
+    variant = exp.parse_variant("kdall:model.distillation.kd_average=all")
     args = argparse.Namespace(worlds=[("w", 0.0, 1.0)], label_fractions=[1.0], seeds=[0], steps=10, scans=5,
                               runs=tmp_path, data=tmp_path, variants=[variant])
     assert exp.methods(args) == ["baseline_lidar", "xmodel_kd", "xmodel_kd+kdall"]
     cmd = exp.train_cmd(args, "w", "xmodel_kd+kdall", 0)
-    assert "config/train/xmodel_kd.yaml" in cmd and cmd[cmd.index("model.kd_average=all") - 1] == "--set"
-    assert "model.kd_average=all" not in exp.train_cmd(args, "w", "xmodel_kd", 0)
+    assert "config/train/xmodel_kd.yaml" in cmd
+    assert cmd[cmd.index("model.distillation.kd_average=all") - 1] == "--set"
+    assert "model.distillation.kd_average=all" not in exp.train_cmd(args, "w", "xmodel_kd", 0)
     assert f"out_dir={tmp_path / 'w' / 'xmodel_kd+kdall' / 'seed0'}" in cmd
     assert exp.eval_dirs("xmodel_kd+kdall") == {"eval3d": False, "evalfused": True}
     with pytest.raises(argparse.ArgumentTypeError):
-        exp.parse_variant("kdall:model.kd_average")
+        exp.parse_variant("kdall:model.distillation.kd_average")
 
 
 def test_a_baseline_variant_trains_the_baseline_config(tmp_path: Path) -> None:
@@ -112,10 +114,11 @@ def test_a_baseline_variant_trains_the_baseline_config(tmp_path: Path) -> None:
     assert "data.label_frustum=true" not in exp.train_cmd(args, "w-labels0.02", "baseline_lidar", 0)
     assert exp.eval_dirs("baseline_lidar+oracle") == {"eval3d": False}  # no camera branch to fuse
     with pytest.raises(argparse.ArgumentTypeError, match="METHOD"):
-        exp.parse_variant("teacher+x:model.wkd=1")
+        exp.parse_variant("teacher+x:model.distillation.wkd=1")
     per_seed = exp.parse_variant("warm:init_checkpoint=runs/kd/seed{seed}/last.pt,"
-                                 "init_skip=[unet.,point_head.]")
-    assert per_seed[1] == ["init_checkpoint=runs/kd/seed{seed}/last.pt", "init_skip=[unet.,point_head.]"]
+                                 "model.architecture.scales=[[0, 0], [1, 1]]")
+    assert per_seed[1] == ["init_checkpoint=runs/kd/seed{seed}/last.pt",
+                           "model.architecture.scales=[[0, 0], [1, 1]]"]
     args.variants = [per_seed]
     assert "init_checkpoint=runs/kd/seed3/last.pt" in exp.train_cmd(args, "w-labels0.02", "xmodel_kd+warm", 3)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
@@ -11,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from model_fixtures import camera, random_frame, tiny_config
 
-from xkd_core.classes import CLASS_NAMES
-from xkd_core.config import ConfigError, from_dict
+from xkd_core.config import ConfigError, from_dict, to_dict
 from xkd_core.data.collate import collate, prepare_sample
 from xkd_core.geometry.voxelize import voxelize
-from xkd_core.losses import class_balance_weights, kd_kl, lovasz_softmax
-from xkd_core.models.image_net import ImageNet, build_encoder, sample_at_pixels
+from xkd_core.losses import kd_kl
+from xkd_core.models.camera_branch import CameraBranch, build_encoder, sample_at_pixels
+from xkd_core.models.model_config import REMOVED, migrate_model_dict
 from xkd_core.models.sparse_unet import SparseUNet, point_rows_at_level
 from xkd_core.models.xmodel_kd import ModelConfig, XModelKD
 
@@ -72,15 +71,16 @@ def test_xmodel_kd_forward_shapes_and_gradients_of_every_module():
     fused = out["fused_point"]
     assert out["logits_fused"].shape == (len(fused), 20)
     assert torch.equal(fused[out["pair_index"]], batch.pair_point)
-    assert len(out["nce_pairs"]) == min(m, cfg.max_pairs)
+    assert len(out["nce_pairs"]) == min(m, cfg.losses.max_pairs)
     for e3, e2 in zip(out["emb_3d"], out["emb_2d"]):
-        assert e3.shape == e2.shape == (len(out["nce_pairs"]), cfg.embed_dim)
+        assert e3.shape == e2.shape == (len(out["nce_pairs"]), cfg.architecture.embed_dim)
         torch.testing.assert_close(e3.norm(dim=1), torch.ones(len(e3)))
     losses = model.loss(out, batch)
     assert set(losses) == {"ce_3d", "lovasz_3d", "ce_2d", "ce_fused", "contrastive", "kd", "total"}
     assert all(torch.isfinite(v) for v in losses.values())
-    expected = (losses["ce_3d"] + cfg.w_lovasz * losses["lovasz_3d"] + cfg.w2d * losses["ce_2d"]
-                + cfg.w_fused * losses["ce_fused"] + cfg.wc * losses["contrastive"] + cfg.wkd * losses["kd"])
+    w, kd = cfg.losses, cfg.distillation
+    expected = (losses["ce_3d"] + w.w_lovasz * losses["lovasz_3d"] + w.w2d * losses["ce_2d"]
+                + w.w_fused * losses["ce_fused"] + w.wc * losses["contrastive"] + kd.wkd * losses["kd"])
     torch.testing.assert_close(losses["total"], expected)
     losses["total"].backward()
     _assert_all_grads_finite(model)
@@ -129,22 +129,6 @@ def test_kd_moves_only_the_student_and_2d_teacher_works():
     assert model.point_head.classifier[-1].weight.grad.abs().sum() > 0
 
 
-def test_class_aware_negatives_leave_nothing_to_contrast_within_one_class():
-    """With `nce_negatives: other_class` pixels of the point's own class are no negatives: if every
-    sampled point has the same label, each softmax holds only its positive and InfoNCE is exactly 0;
-    with one other class present it is positive and smaller than with all negatives."""
-    torch.manual_seed(0)
-    batch = _batch(5)
-    model = XModelKD(tiny_config(nce_negatives="other_class")).train()
-    out = model(batch)
-    batch.labels = torch.full_like(batch.labels, 3)
-    assert model.loss(out, batch)["contrastive"].item() == pytest.approx(0.0, abs=1e-6)
-    batch.labels[batch.pair_point[out["nce_pairs"]][::2]] = 5
-    class_aware = model.loss(out, batch)["contrastive"].item()
-    model.cfg.nce_negatives = "all"
-    assert 0.0 < class_aware < model.loss(out, batch)["contrastive"].item()
-
-
 def test_fused_head_can_be_kept_off_the_3d_features():
     torch.manual_seed(0)
     batch = _batch(6)
@@ -170,66 +154,10 @@ def test_kd_averaged_over_all_points_weighs_each_point_like_the_cross_entropy():
     paired, total = out["fused_point"].shape[0], batch.points.shape[0]
     assert 0 < paired < total  # some points have no pixel
     torch.testing.assert_close(terms["all"], terms["paired"] * paired / total)
-
-
-def test_kd_groups_keep_the_kl_out_of_the_choice_within_a_group():
-    """With road / parking merged for the KL, moving logit mass between the two classes changes the
-    plain KL but not the grouped one; classes outside the group are still taught."""
-    batch = _batch(9)
-    torch.manual_seed(0)
-    model = XModelKD(tiny_config(kd_groups=[["road", "parking"]])).train()
-    out = model(batch)
-    road, parking = CLASS_NAMES.index("road"), CLASS_NAMES.index("parking")
-    grouped = model.loss(out, batch)["kd"].item()
-    shifted = dict(out, logits_3d=out["logits_3d"].detach().clone())
-    mass = torch.logsumexp(shifted["logits_3d"][:, [road, parking]], dim=1)
-    shifted["logits_3d"][:, road] = mass + math.log(0.9)
-    shifted["logits_3d"][:, parking] = mass + math.log(0.1)
-    assert model.loss(shifted, batch)["kd"].item() == pytest.approx(grouped, rel=1e-4)
-    plain = XModelKD(tiny_config()).train()
-    assert plain.loss(shifted, batch)["kd"].item() != pytest.approx(plain.loss(out, batch)["kd"].item(),
-                                                                     rel=1e-3)
-    assert grouped > 0
-
-
-@pytest.mark.parametrize(("groups", "message"), [
-    ([["road"]], "needs >= 2 classes"),
-    ([["road", "tarmac"]], "unknown class 'tarmac'"),
-    ([["road", "unlabeled"]], "unknown class 'unlabeled'"),
-    ([["road", "parking"], ["parking", "sidewalk"]], "'parking' is in two groups"),
-])
-def test_kd_groups_are_validated(groups, message):
-    with pytest.raises(ValueError, match=message):
-        tiny_config(kd_groups=groups)
-    with pytest.raises(ValueError, match="needs kd_loss: kl"):
-        tiny_config(kd_groups=[["road", "parking"]], kd_loss="pseudo_label")
-
-
-def test_kd_ramp_scales_only_the_distillation_term():
-    batch = _batch(8)
-    torch.manual_seed(0)
-    model = XModelKD(tiny_config(kd_ramp_steps=40, wkd=2.0)).train()
-    assert [model.kd_scale(s) for s in (0, 10, 40, 400)] == [0.0, 0.25, 1.0, 1.0]
-    assert XModelKD(tiny_config()).kd_scale(0) == 1.0  # no ramp: full weight from the first step
-    out = model(batch)
-    full, quarter = model.loss(out, batch), model.loss(out, batch, kd_scale=0.25)
-    assert full["kd"].item() > 0
-    torch.testing.assert_close(quarter["kd"], full["kd"])  # the logged term is the unweighted KL
-    torch.testing.assert_close(full["total"] - quarter["total"], 0.75 * 2.0 * full["kd"])
-    with pytest.raises(ValueError, match="kd_ramp_steps"):
-        tiny_config(kd_ramp_steps=-1)
-    delayed = XModelKD(tiny_config(kd_start_step=100, kd_ramp_steps=40))
-    assert [delayed.kd_scale(s) for s in (0, 99, 100, 110, 140, 400)] == [0.0, 0.0, 0.0, 0.25, 1.0, 1.0]
-    assert XModelKD(tiny_config(kd_start_step=100)).kd_scale(99) == 0.0
-    assert XModelKD(tiny_config(kd_start_step=100)).kd_scale(100) == 1.0
-    with pytest.raises(ValueError, match="kd_start_step"):
-        tiny_config(kd_start_step=-1)
-    stopped = XModelKD(tiny_config(kd_ramp_steps=40, kd_stop_step=600))
-    assert [stopped.kd_scale(s) for s in (0, 20, 599, 600, 1199)] == [0.0, 0.5, 1.0, 0.0, 0.0]
-    assert XModelKD(tiny_config()).kd_scale(10**6) == 1.0  # 0: distillation never stops
-    for start, stop in ((0, -1), (100, 100), (100, 50)):
-        with pytest.raises(ValueError, match="kd_stop_step"):
-            tiny_config(kd_start_step=start, kd_stop_step=stop)
+    # by hand: the tempered KL of every paired point towards the detached fused head
+    teacher = out["logits_fused"].detach()
+    want = kd_kl(out["logits_3d"][out["fused_point"]], teacher, model.cfg.distillation.kd_T)
+    torch.testing.assert_close(terms["all"], want * paired / total)
 
 
 def test_sample_at_pixels_reads_the_right_place_in_every_image():
@@ -270,9 +198,9 @@ def test_unet_levels_and_point_rows():
         point_rows_at_level(levels[1].indices, point_coords + 1000, 1)
 
 
-def test_image_net_levels_and_local_weights(tmp_path):
+def test_camera_branch_levels_and_local_weights(tmp_path):
     torch.manual_seed(0)
-    net = ImageNet("resnet18", "none", [1, 2], 8, 20)
+    net = CameraBranch("resnet18", "none", [1, 2], 8, 20)
     feats, logits = net(torch.randn(2, 3, 32, 64))
     assert [f.shape for f in feats] == [(2, 8, 8, 16), (2, 8, 4, 8)] and net.reductions == [4, 8]
     assert logits.shape == (2, 20, 8, 16)
@@ -289,206 +217,46 @@ def test_image_net_levels_and_local_weights(tmp_path):
 
 def test_model_config_is_validated_with_named_fields():
     assert from_dict(ModelConfig, {"use_camera": False}).use_camera is False
-    with pytest.raises(ConfigError, match=r"scales\[0\]"):
-        from_dict(ModelConfig, {"scales": [[5, 0]]})
-    with pytest.raises(ConfigError, match="unet_decoder_channels"):
-        from_dict(ModelConfig, {"unet_channels": [8, 16, 32], "unet_decoder_channels": [8]})
-    with pytest.raises(ConfigError, match="kd_teacher"):
-        from_dict(ModelConfig, {"kd_teacher": "lidar"})
-    with pytest.raises(ConfigError, match="nce_negatives"):
-        from_dict(ModelConfig, {"nce_negatives": "same_class"})
-    with pytest.raises(ConfigError, match="kd_average"):
-        from_dict(ModelConfig, {"kd_average": "frustum"})
-    with pytest.raises(ConfigError, match="w2d"):
-        from_dict(ModelConfig, {"w2d": -1.0})
+    cases = [
+        ({"architecture": {"scales": [[5, 0]]}}, r"model\.architecture: scales\[0\]"),
+        ({"architecture": {"unet_channels": [8, 16, 32], "unet_decoder_channels": [8]}},
+         r"model\.architecture: unet_decoder_channels"),
+        ({"distillation": {"kd_teacher": "lidar"}}, r"model\.distillation\.kd_teacher"),
+        ({"distillation": {"kd_average": "frustum"}}, r"model\.distillation\.kd_average"),
+        ({"losses": {"w2d": -1.0}}, r"model\.losses: w2d must be >= 0"),
+        ({"losses": {"tau": 0.0}}, r"model\.losses: tau must be > 0"),
+        ({"architecture": {"image_pretrained": "imagenet"}},
+         "fit image_backbone: efficientnet_lite0 only; got image_backbone .resnet18."),
+        ({"kd_T": 2.0}, r"unknown config key.*model\.kd_T"),  # from_dict alone knows no flat keys
+    ]
+    for data, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            from_dict(ModelConfig, data, "model")
 
 
-def test_kd_min_confidence_leaves_unsure_teacher_points_out_of_the_kl():
-    batch = _batch(9)
-    torch.manual_seed(0)
-    model = XModelKD(tiny_config(kd_average="all")).train()
-    out = model(batch)
-    teacher = out["logits_fused"].detach().float()
-    real = teacher.clone()
-    real[:, 0] = float("-inf")
-    conf = torch.softmax(real, dim=1).max(dim=1).values
-    thr = float(conf.median())
-    taught = conf >= thr
-    assert 0 < int(taught.sum()) < len(conf)
-    model.cfg.kd_min_confidence = thr
-    got = model.loss(out, batch)["kd"]
-    rows = out["fused_point"][taught]
-    want = kd_kl(out["logits_3d"][rows], teacher[taught], model.cfg.kd_T) * len(rows) / len(batch.points)
-    torch.testing.assert_close(got, want)
-    model.cfg.kd_min_confidence = 0.0
-    all_rows = model.loss(out, batch)["kd"]
-    want_all = kd_kl(out["logits_3d"][out["fused_point"]], teacher, model.cfg.kd_T)
-    torch.testing.assert_close(all_rows, want_all * len(out["fused_point"]) / len(batch.points))
-    with pytest.raises(ValueError, match="kd_min_confidence"):
-        tiny_config(kd_min_confidence=1.0)
-    with pytest.raises(ValueError, match="kd_loss"):
-        tiny_config(kd_loss="mse")
-
-
-def test_pseudo_labels_fill_the_unlabeled_paired_points_and_weigh_wkd():
-    batch = _batch(10)
-    torch.manual_seed(0)
-    model = XModelKD(tiny_config(kd_loss="pseudo_label", wkd=0.5, w_lovasz=0.0)).train()
-    out = model(batch)
-    fused_point_any = out["fused_point"]
-    labels = batch.labels.clone()
-    labels[fused_point_any[::2]] = 0  # half the paired points lose their label
-    labels[:5] = 0  # and a few others
-    batch.labels = labels
-    terms = model.loss(out, batch)
-    teacher = out["logits_fused"].detach().float().clone()  # the loss reads it again
-    teacher[:, 0] = float("-inf")
-    pseudo = labels[fused_point_any] == 0
-    targets = labels.clone()
-    targets[fused_point_any[pseudo]] = teacher.argmax(dim=1)[pseudo]
-    weight = torch.ones(len(labels))
-    weight[fused_point_any[pseudo]] = 0.5
-    ce = F.cross_entropy(out["logits_3d"].float(), targets, ignore_index=0, reduction="none")
-    keep = targets != 0
-    torch.testing.assert_close(terms["ce_3d"], (ce * weight)[keep].sum() / weight[keep].sum())
-    torch.testing.assert_close(terms["kd"], ce[fused_point_any[pseudo]].mean())
-    expected = (terms["ce_3d"] + model.cfg.w2d * terms["ce_2d"] + model.cfg.w_fused * terms["ce_fused"]
-                + model.cfg.wc * terms["contrastive"])  # kd is logged, not added again
-    torch.testing.assert_close(terms["total"], expected)
-    terms["kd"].backward()  # the teacher's classes are targets: nothing flows back into the teacher
-    assert all(p.grad is None for p in model.fusion_head.parameters())
-    assert model.point_head.classifier[-1].weight.grad.abs().sum() > 0
-    # a confident-only teacher: a threshold no point reaches leaves the plain labels
-    model.zero_grad()
-    model.cfg.kd_min_confidence = 0.999999
-    plain = model.loss(out, batch)
-    plain_ce = F.cross_entropy(out["logits_3d"].float(), labels, ignore_index=0)
-    torch.testing.assert_close(plain["ce_3d"], plain_ce)
-    # off at weight 0 (e.g. the first step of a KD ramp)
-    model.cfg.kd_min_confidence = 0.0
-    torch.testing.assert_close(model.loss(out, batch, kd_scale=0.0)["ce_3d"], plain["ce_3d"])
-
-
-def test_kd_class_balance_reweights_pseudo_labels_to_the_teachers_class_frequencies():
-    batch = _batch(10)
-    torch.manual_seed(0)
-    model = XModelKD(tiny_config(kd_loss="pseudo_label", kd_class_balance=True, wkd=0.5,
-                                 w_lovasz=0.0)).train()
-    out = model(batch)
-    fp = out["fused_point"]
-    labels = batch.labels.clone()
-    labels[fp] = 0  # every paired point is a pseudo-label candidate
-    batch.labels = labels
-    teacher = out["logits_fused"].detach().float().clone()  # the loss reads it again
-    teacher[:, 0] = float("-inf")
-    conf, cls = torch.softmax(teacher, dim=1).max(dim=1)
-    thr = float(conf.median())
-    model.cfg.kd_min_confidence = thr
-    sel = conf >= thr
-    assert 0 < int(sel.sum()) < len(conf)
-    # by hand: class c's rows share wkd * #selected * n_pred(c) / (n_pred summed over selected classes)
-    n_pred = torch.bincount(cls, minlength=20).float()
-    n_sel = torch.bincount(cls[sel], minlength=20).float()
-    share = n_pred[n_sel > 0].sum()
-    targets = labels.clone()
-    targets[fp[sel]] = cls[sel]
-    weight = torch.ones(len(labels))
-    weight[fp[sel]] = 0.5 * (n_pred / n_sel.clamp(min=1))[cls[sel]] * int(sel.sum()) / share
-    torch.testing.assert_close(weight[fp[sel]].sum(), torch.tensor(0.5 * int(sel.sum())))
-    assert weight[fp[sel]].std() > 0.01  # the threshold did skew the classes: balancing changes weights
-    ce = F.cross_entropy(out["logits_3d"].float(), targets, ignore_index=0, reduction="none")
-    keep = targets != 0
-    want = (ce * weight)[keep].sum() / weight[keep].sum()
-    torch.testing.assert_close(model.loss(out, batch)["ce_3d"], want)
-    with pytest.raises(ValueError, match="kd_class_balance"):
-        tiny_config(kd_class_balance=True)  # the default kd_loss is the KL
-
-
-def test_kd_blind_recall_tracks_the_teachers_recall_and_keeps_its_blind_classes_from_the_student():
-    model = XModelKD(tiny_config(kd_loss="pseudo_label", kd_blind_recall=0.5, kd_blind_decay=0.5))
-    assert model.teacher_recall.shape == (2, 20) and "teacher_recall" in model.state_dict()
-    truth, teacher = torch.tensor([1, 1, 2, 2, 0]), torch.tensor([1, 3, 3, 3, 1])
-    blind = model._update_teacher_recall(truth, teacher)
-    torch.testing.assert_close(model.teacher_recall[:, 1:4], torch.tensor([[1.0, 1.0, 0.0], [0.5, 0.0, 0.0]]))
-    assert blind.nonzero().flatten().tolist() == [2]  # class 1 at recall 0.5 is not; 3 was never labelled
-    blind = model._update_teacher_recall(torch.tensor([2, 2]), torch.tensor([2, 2]))
-    # class 2: counted 0.5 * 2 + 0.5 * 2 = 2, right 0 + 0.5 * 2 = 1 -> recall 0.5, no longer blind
-    assert not bool(blind.any())
-    assert not hasattr(XModelKD(tiny_config()), "teacher_recall")  # off: no buffer, checkpoints as before
-    with pytest.raises(ValueError, match="kd_blind_recall"):
-        tiny_config(kd_blind_recall=1.5)
-
-    # in the loss: unlabelled paired points the student gives a blind class get no pseudo-label
-    batch = _batch(11)
-    torch.manual_seed(0)
-    model = XModelKD(tiny_config(kd_loss="pseudo_label", kd_blind_recall=0.5, kd_blind_decay=1e-6,
-                                 w_lovasz=0.0)).train()
-    out = model(batch)
-    fp = out["fused_point"]
-    labels = batch.labels.clone()
-    labels[fp[1::2]] = 0  # half the paired points are pseudo-label candidates
-    batch.labels = labels
-    student = out["logits_3d"][fp].detach().argmax(dim=1)
-    teacher = out["logits_fused"].detach().float().clone()  # the loss reads it again
-    teacher[:, 0] = float("-inf")
-    teacher_class = teacher.argmax(dim=1)
-    known = labels[fp] != 0
-    # the teacher's recall on this batch decides (decay ~0): pick the student class it is worst at
-    seen = torch.bincount(labels[fp][known], minlength=20).float()
-    hits = torch.bincount(labels[fp][known & (teacher_class == labels[fp])], minlength=20).float()
-    blind = (seen > 0) & (hits < 0.5 * seen)
-    cand = labels[fp] == 0
-    assert bool(blind[student[cand]].any()) and not bool(blind[student[cand]].all())
-    pseudo = cand & ~blind[student]
-    targets = labels.clone()
-    targets[fp[pseudo]] = teacher_class[pseudo]
-    weight = torch.ones(len(labels))
-    weight[fp[pseudo]] = model.cfg.wkd
-    ce = F.cross_entropy(out["logits_3d"].float(), targets, ignore_index=0, reduction="none")
-    keep = targets != 0
-    want = (ce * weight)[keep].sum() / weight[keep].sum()
-    torch.testing.assert_close(model.loss(out, batch)["ce_3d"], want)
-
-
-def test_kd_pseudo_mix_separate_keeps_the_labels_own_mean_and_adds_the_pseudo_label_ce():
-    batch = _batch(10)
-    torch.manual_seed(0)
-    model = XModelKD(tiny_config(kd_loss="pseudo_label", kd_pseudo_mix="separate", wkd=0.5)).train()
-    out = model(batch)
-    fp = out["fused_point"]
-    labels = batch.labels.clone()
-    labels[fp[::2]] = 0
-    batch.labels = labels
-    terms = model.loss(out, batch)
-    teacher = out["logits_fused"].detach().float().clone()  # not in place: the loss reads it again
-    teacher[:, 0] = float("-inf")
-    pseudo = labels[fp] == 0
-    logits = out["logits_3d"].float()
-    # the labels alone in ce_3d and lovasz_3d, as without a teacher
-    torch.testing.assert_close(terms["ce_3d"], F.cross_entropy(logits, labels, ignore_index=0))
-    torch.testing.assert_close(terms["lovasz_3d"], lovasz_softmax(F.softmax(logits, dim=1), labels, 0))
-    want_kd = F.cross_entropy(logits[fp[pseudo]], teacher.argmax(dim=1)[pseudo])
-    torch.testing.assert_close(terms["kd"], want_kd)
-    expected = (terms["ce_3d"] + model.cfg.w_lovasz * terms["lovasz_3d"] + 0.5 * want_kd
-                + model.cfg.w2d * terms["ce_2d"] + model.cfg.w_fused * terms["ce_fused"]
-                + model.cfg.wc * terms["contrastive"])
-    torch.testing.assert_close(terms["total"], expected)
-    # kd_scale 0 (before kd_start_step) leaves the labels' loss alone
-    plain = model.loss(out, batch, kd_scale=0.0)
-    torch.testing.assert_close(plain["total"], expected - 0.5 * want_kd)
-    # with a threshold and class balance, the pseudo-label CE is the balanced mean over the taught
-    conf, cls = torch.softmax(teacher, dim=1).max(dim=1)
-    thr = float(conf[pseudo].median())
-    model.cfg.kd_min_confidence, model.cfg.kd_class_balance = thr, True
-    taught = pseudo & (conf >= thr)
-    w = class_balance_weights(cls[pseudo], cls[taught], 20)
-    assert w.std() > 0.01
-    rows = F.cross_entropy(logits[fp[taught]], cls[taught], reduction="none")
-    torch.testing.assert_close(model.loss(out, batch)["kd"], (rows * w).sum() / w.sum())
-    with pytest.raises(ValueError, match="kd_pseudo_mix"):
-        tiny_config(kd_pseudo_mix="mean")
-    with pytest.raises(ValueError, match="kd_pseudo_mix: separate needs"):
-        tiny_config(kd_pseudo_mix="separate")  # the default kd_loss is the KL
+def test_flat_model_config_moves_into_sections_and_removed_switches_are_refused_when_on():
+    """The layout of configs and checkpoints written before the sections still means the same model."""
+    flat = {"num_classes": 20, "voxel_size": 0.1, "unet_channels": [16, 32, 64],
+            "unet_decoder_channels": [32, 32],
+            "image_pretrained": "none", "wc": 0.0, "max_pairs": 1024, "fused_detach_3d": True, "wkd": 1.0,
+            "kd_average": "all", "nce_negatives": "all", "kd_groups": [], "kd_stop_step": 0}
+    cfg = from_dict(ModelConfig, migrate_model_dict(flat))
+    assert cfg.architecture.voxel_size == 0.1 and cfg.architecture.unet_channels == [16, 32, 64]
+    assert cfg.losses.wc == 0.0 and cfg.losses.max_pairs == 1024 and cfg.losses.fused_detach_3d is True
+    assert cfg.distillation.kd_average == "all" and cfg.num_classes == 20
+    # today's layout passes unchanged; migration does not modify its input
+    assert migrate_model_dict(to_dict(cfg)) == to_dict(cfg)
+    assert "voxel_size" in flat
+    for key, on in [("kd_groups", [["road", "parking"]]), ("nce_negatives", "other_class"),
+                    ("kd_loss", "pseudo_label"), ("kd_stop_step", 600), ("kd_min_confidence", 0.9),
+                    ("kd_blind_recall", 0.5), ("kd_ramp_steps", 300)]:
+        assert key in REMOVED
+        with pytest.raises(ConfigError, match=rf"model\.{key} = .*was removed.*only .* is accepted"):
+            migrate_model_dict({**flat, key: on})
+    assert "kd_blind_decay" not in migrate_model_dict({**flat, "kd_blind_decay": 0.5})  # it qualified recall
+    with pytest.raises(ConfigError, match=r"wkd is given twice.*model\.distillation\.wkd = 1\.0"):
+        migrate_model_dict({"wkd": 0.5, "distillation": {"wkd": 1.0}})
+    assert migrate_model_dict({"wkd": 1.0, "distillation": {"wkd": 1.0}}) == {"distillation": {"wkd": 1.0}}
 
 
 def test_2d_cross_entropy_uses_the_camera_labels_when_the_batch_has_them():

@@ -140,10 +140,11 @@ def test_auto_takes_spconv_triton_only_for_a_cuda_device(monkeypatch):
 def test_for_device_rebuilds_with_the_same_weights_when_the_library_differs(monkeypatch):
     """A CPU-built model whose layers come from another library than the target device's is rebuilt."""
     from xkd_core.models import xmodel_kd
-    from xkd_core.models.xmodel_kd import ModelConfig, XModelKD
+    from xkd_core.models.xmodel_kd import ArchitectureConfig, ModelConfig, XModelKD
 
     torch.manual_seed(0)
-    cfg = ModelConfig(num_classes=5, use_camera=False, unet_channels=[4, 8, 8], unet_decoder_channels=[4, 8])
+    cfg = ModelConfig(num_classes=5, use_camera=False,
+                      architecture=ArchitectureConfig(unet_channels=[4, 8, 8], unet_decoder_channels=[4, 8]))
     model = XModelKD(cfg).eval()
     assert model.for_device("cpu") is model  # same library: moved, not rebuilt
     # the device's library differs from the one the layers came from (as spconv -> spconv-triton)

@@ -6,17 +6,23 @@ from pathlib import Path
 
 import pytest
 
-from xkd_core.config import ConfigError, to_dict
-from xkd_core.training.config import TrainConfig, load_train_config, resolve_train_dict
+from xkd_core.config import ConfigError, load_yaml, to_dict
+from xkd_core.training.config import (
+    TrainConfig,
+    load_train_config,
+    resolve_train_dict,
+    train_config_from_dict,
+)
 
 CONFIGS = Path(__file__).resolve().parents[1] / "config" / "train"
 XKD = CONFIGS / "xmodel_kd.yaml"
 BASE = CONFIGS / "baseline_lidar.yaml"
-#: Model fields that only exist for the camera branch (unused by the LiDAR-only baseline).
+#: Model fields that only exist for the camera branch (unused by the LiDAR-only baseline), by section.
 CAMERA_ONLY = {
-    "use_camera", "image_backbone", "image_pretrained", "image_out_indices", "fpn_dim", "embed_dim",
-    "scales", "fusion_hidden", "w2d", "w_fused", "wc", "wkd", "tau", "kd_T", "kd_teacher", "max_pairs",
-    "nce_negatives", "fused_detach_3d", "kd_average",
+    "architecture": {"image_backbone", "image_pretrained", "image_out_indices", "fpn_dim", "embed_dim",
+                     "scales", "fusion_hidden"},
+    "losses": {"w2d", "w_fused", "wc", "tau", "max_pairs", "fused_detach_3d"},
+    "distillation": {"wkd", "kd_T", "kd_teacher", "kd_average"},
 }
 
 
@@ -28,7 +34,7 @@ def test_shipped_configs_load(path: Path, preset: str) -> None:
     assert cfg.model.use_camera == (path == XKD)
     if preset == "synth_small":
         assert cfg.device == "cpu" and cfg.amp == "none"
-        assert cfg.model.image_pretrained == "none"  # no downloads on the CPU preset
+        assert cfg.model.architecture.image_pretrained == "none"  # no downloads on the CPU preset
         assert cfg.optim.steps is not None and cfg.optim.epochs is None  # the preset replaced the budget
     else:
         assert cfg.device == "auto" and cfg.amp in ("bf16", "fp16")
@@ -41,17 +47,21 @@ def test_baseline_is_the_same_network_and_budget_without_camera(preset: str) -> 
     assert xkd["model"]["use_camera"] is True and base["model"]["use_camera"] is False
     for d in (xkd, base):
         d.pop("out_dir")
-        for key in CAMERA_ONLY:
-            d["model"].pop(key)
+        d["model"].pop("use_camera")
+        for section, keys in CAMERA_ONLY.items():
+            for key in keys:
+                d["model"][section].pop(key)
     assert xkd == base
+    assert set(load_yaml(BASE)) == {"base", "model", "out_dir", "presets"}  # it states only the differences
 
 
 def test_preset_merges_deeply_and_overrides_win() -> None:
-    raw = resolve_train_dict(XKD, "synth_small", ["data.batch_size=5", "model.voxel_size=0.2"])
+    raw = resolve_train_dict(XKD, "synth_small", ["data.batch_size=5", "model.architecture.voxel_size=0.2"])
     assert "presets" not in raw
     assert raw["data"]["batch_size"] == 5  # override beats preset (2) and base (4)
     assert raw["data"]["cameras"] == [2]  # untouched base key survives the preset's `data:` mapping
-    assert raw["model"]["voxel_size"] == 0.2
+    assert raw["model"]["architecture"]["voxel_size"] == 0.2
+    assert raw["model"]["architecture"]["image_backbone"] == "resnet18"  # the preset's, beside the override
     cfg = load_train_config(XKD, "synth_small", ["optim.schedule=onecycle", "init_checkpoint=a/b.pt"])
     assert cfg.optim.schedule == "onecycle" and cfg.init_checkpoint == "a/b.pt"
     assert cfg.data.point_aug.rotate_z is True  # nested dataclasses are built
@@ -91,7 +101,12 @@ def test_unknown_key_or_wrong_type_names_the_key(override: str, names: str) -> N
         ("data.val_sequences=[a8]", "data.val_sequences"),
         ("device=gpu", "device must be auto, cpu, cuda or cuda:N"),
         ("log_every=0", "log_every"),
-        ("model.voxel_size=-1", "voxel_size"),
+        ("model.architecture.voxel_size=-1", "model.architecture: voxel_size must be > 0"),
+        ("model.voxel_size=-1", "model.architecture: voxel_size must be > 0"),  # the flat spelling
+        ("model.distillation.kd_T=0", "model.distillation: kd_T must be > 0"),
+        ("model.architecture.image_pretrained=imagenet", "image_pretrained: imagenet .* efficientnet_lite0"),
+        ("model.kd_groups=[[road, parking]]", "model.kd_groups = .* was removed"),
+        ("init_skip=[unet.]", "init_skip = .* was removed"),
         ("model.backend=spconv_triton", "sparse_backend"),
         ("data.cameras=[]", "data.cameras is empty"),
     ],
@@ -171,3 +186,93 @@ def test_label_frustum_adds_every_point_a_camera_sees() -> None:
     assert keep_label_fraction(frame, 1.0, 3, keep_frustum=True) is frame  # dense labels: nothing to add
     with pytest.raises(ValueError, match="label_frustum.*no camera view"):
         keep_label_fraction(Frame(points=pts, labels=frame.labels), 0.02, 3, keep_frustum=True)
+
+
+def _flat(model: dict) -> dict:
+    """A `model:` mapping in the layout before sections: every section's keys at the top."""
+    out = {k: v for k, v in model.items() if not isinstance(v, dict)}
+    for section in ("architecture", "losses", "distillation"):
+        out.update(model.get(section, {}))
+    return out
+
+
+def test_a_config_in_the_flat_layout_resolves_to_the_same_run(tmp_path: Path) -> None:
+    """YAML files written before the model sections (every key under `model:`) still mean the same run."""
+    import yaml
+
+    data = load_yaml(XKD)
+    data["model"] = _flat(data["model"])
+    for preset in data["presets"].values():
+        if "model" in preset:
+            preset["model"] = _flat(preset["model"])
+    assert "wkd" in data["model"] and "voxel_size" in data["presets"]["synth_small"]["model"]
+    old = tmp_path / "xmodel_kd.yaml"
+    old.write_text(yaml.safe_dump(data, sort_keys=False))
+    (tmp_path / "baseline_lidar.yaml").write_text(BASE.read_text())
+    for preset in ("semantickitti", "synth_small"):
+        for name, new in (("xmodel_kd.yaml", XKD), ("baseline_lidar.yaml", BASE)):
+            old_cfg, new_cfg = load_train_config(tmp_path / name, preset), load_train_config(new, preset)
+            assert to_dict(old_cfg) == to_dict(new_cfg)
+
+
+def test_overrides_reach_the_sections_in_either_spelling() -> None:
+    new = load_train_config(XKD, "synth_small", ["model.distillation.wkd=0.5", "model.losses.wc=0.2"])
+    old = load_train_config(XKD, "synth_small", ["model.wkd=0.5", "model.wc=0.2", "model.nce_negatives=all"])
+    assert new.model.distillation.wkd == old.model.distillation.wkd == 0.5
+    assert new.model.losses.wc == old.model.losses.wc == 0.2
+    assert to_dict(new) == to_dict(old)
+    # a whole mapping replaced by an override in the flat layout is migrated too
+    whole = load_train_config(XKD, "synth_small", ["model={use_camera: false, voxel_size: 0.2}"])
+    assert whole.model.use_camera is False and whole.model.architecture.voxel_size == 0.2
+
+
+def test_a_run_embedded_in_an_old_checkpoint_still_resumes_its_config() -> None:
+    """The shipped model's checkpoint holds the flat layout: its training config loads, overrides apply."""
+    import torch
+
+    shipped = Path(__file__).resolve().parents[1] / "xkd_core" / "assets" / "xkd_synth_small.pt"
+    stored = torch.load(shipped, map_location="cpu", weights_only=True)["train_config"]
+    assert "voxel_size" in stored["model"] and "architecture" not in stored["model"]
+    cfg = train_config_from_dict(stored, ["model.wkd=0.5", "optim.steps=10"])
+    assert cfg.model.distillation.wkd == 0.5 and cfg.optim.steps == 10
+    assert cfg.model.distillation.kd_average == "all" and cfg.model.losses.fused_detach_3d is True
+    preset = load_train_config(XKD, "synth_small")
+    assert to_dict(cfg.model.architecture) == to_dict(preset.model.architecture)
+    assert stored["model"]["voxel_size"] == 0.1  # the input is not modified
+
+
+def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_base_files_chain_relative_to_each_file(tmp_path: Path) -> None:
+    _write(tmp_path / "shared" / "xmodel_kd.yaml", XKD.read_text())
+    _write(tmp_path / "shared" / "small.yaml", "base: xmodel_kd.yaml\nmodel:\n  distillation: {wkd: 0.5}\n"
+           "presets:\n  synth_small:\n    data: {batch_size: 3}\n")
+    child = _write(tmp_path / "mine" / "run.yaml",
+                   "base: ../shared/small.yaml\nmodel:\n  losses: {tau: 0.2}\n"
+                   "out_dir: runs/mine\n")
+    cfg = load_train_config(child, "synth_small")
+    assert cfg.model.distillation.wkd == 0.5 and cfg.model.losses.tau == 0.2  # both layers
+    assert cfg.model.losses.wc == 0.0  # the preset sets it, after every file
+    assert cfg.data.batch_size == 3 and cfg.data.max_points == 20000  # preset layers merged deeply
+    assert cfg.model.distillation.kd_average == "all"  # the first file's preset survives
+    assert cfg.out_dir == "runs/synth_small/xmodel_kd"  # a preset applies after every file
+    assert load_train_config(child, "semantickitti").out_dir == "runs/mine"
+
+
+@pytest.mark.parametrize(("files", "message"), [
+    ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, r"cycle: a\.yaml -> b\.yaml -> a\.yaml"),
+    ({"a.yaml": "base: a.yaml\n"}, r"cycle: a\.yaml -> a\.yaml"),
+    ({"a.yaml": "base: nope.yaml\n"}, r"a\.yaml: base file 'nope\.yaml' not found"),
+    ({"a.yaml": "base: [b.yaml]\n"}, r"a\.yaml: 'base' must name another config file"),
+    ({"a.yaml": "base: b.yaml\n", "b.yaml": "model: {kd_loss: pseudo_label}\n"},
+     r"b\.yaml: model\.kd_loss = 'pseudo_label': this switch was removed"),
+])
+def test_bad_base_chains_are_refused_by_name(tmp_path: Path, files: dict, message: str) -> None:
+    for name, text in files.items():
+        _write(tmp_path / name, text)
+    with pytest.raises(ConfigError, match=message):
+        load_train_config(tmp_path / "a.yaml")

@@ -48,7 +48,7 @@ def tiny_cfg(config: str, root: Path, out: Path, *overrides: str) -> TrainConfig
     base = [
         f"data.root={root}", "data.train_sequences=['00']", "data.val_sequences=['01']",
         f"data.image_hw=[{HW[0]}, {HW[1]}]", "data.max_points=800", "data.num_workers=0",
-        "data.batch_size=2", "model.max_pairs=256", "optim.warmup_steps=2", f"out_dir={out}",
+        "data.batch_size=2", "model.losses.max_pairs=256", "optim.warmup_steps=2", f"out_dir={out}",
         "log_every=1", "val_every=0", "ckpt_every=0",
     ]
     return load_train_config(CONFIGS / config, "synth_small", [*base, *overrides])
@@ -186,7 +186,7 @@ def test_resume_is_bit_exact(scene_root: Path, tmp_path: Path) -> None:
     """
     from xkd_core.training.cli import main
 
-    extra = ("optim.steps=6", "val_every=2", "model.max_pairs=64")
+    extra = ("optim.steps=6", "val_every=2", "model.losses.max_pairs=64")
     straight = Trainer(tiny_cfg("xmodel_kd.yaml", scene_root, tmp_path / "a", *extra), progress=False)
     res_a = straight.fit()
     first = Trainer(tiny_cfg("xmodel_kd.yaml", scene_root, tmp_path / "b", *extra), progress=False)
@@ -334,31 +334,26 @@ def test_amp_on_gpu(amp: str, scene_root: Path, tmp_path: Path) -> None:
 def test_init_checkpoint_must_fit(baseline_run, scene_root: Path, tmp_path: Path) -> None:
     _, _, out = baseline_run
     cfg = tiny_cfg("baseline_lidar.yaml", scene_root, tmp_path, "optim.steps=1",
-                   "model.unet_channels=[8, 16, 32]", f"init_checkpoint={out / 'last.pt'}")
+                   "model.architecture.unet_channels=[8, 16, 32]", f"init_checkpoint={out / 'last.pt'}")
     with pytest.raises(ValueError, match="does not fit"):
         Trainer(cfg, progress=False)
 
 
-def test_init_skip_keeps_the_named_parts_fresh(baseline_run, scene_root: Path, tmp_path: Path) -> None:
-    """A trained part (here the UNet) is loaded, the skipped part (the point head) keeps the same
-    fresh init a run without init_checkpoint gets."""
+def test_init_checkpoint_loads_the_parts_it_has(baseline_run, scene_root: Path, tmp_path: Path) -> None:
+    """A LiDAR-only checkpoint starts a camera run: its UNet and point head are loaded, the camera
+    branch, projections and fused head keep the fresh init a run without init_checkpoint gets."""
     _, _, out = baseline_run
     init = load_checkpoint(out / "last.pt")["model"]
-    fresh = weights(Trainer(tiny_cfg("baseline_lidar.yaml", scene_root, tmp_path / "a", "optim.steps=1"),
+    fresh = weights(Trainer(tiny_cfg("xmodel_kd.yaml", scene_root, tmp_path / "a", "optim.steps=1"),
                             progress=False).model)
-    cfg = tiny_cfg("baseline_lidar.yaml", scene_root, tmp_path / "b", "optim.steps=1",
-                   f"init_checkpoint={out / 'last.pt'}", "init_skip=['point_head.']")
+    cfg = tiny_cfg("xmodel_kd.yaml", scene_root, tmp_path / "b", "optim.steps=1",
+                   f"init_checkpoint={out / 'last.pt'}")
     start = weights(Trainer(cfg, progress=False).model)
-    heads = [k for k in start if k.startswith("point_head.")]
-    assert heads and all(torch.equal(start[k], fresh[k]) for k in heads)
-    assert any(not torch.equal(init[k], fresh[k]) for k in heads)  # the checkpoint's head was trained
-    assert all(torch.equal(start[k], init[k]) for k in start if k.startswith("unet."))
-    bad = tiny_cfg("baseline_lidar.yaml", scene_root, tmp_path / "c", "optim.steps=1",
-                   f"init_checkpoint={out / 'last.pt'}", "init_skip=['image_net.']")
-    with pytest.raises(ValueError, match="matches no parameter"):
-        Trainer(bad, progress=False)
-    with pytest.raises(ConfigError, match="init_skip"):
-        tiny_cfg("baseline_lidar.yaml", scene_root, tmp_path / "d", "init_skip=['unet.']")
+    assert all(torch.equal(start[k], init[k]) for k in init)
+    assert any(not torch.equal(init[k], fresh[k]) for k in init)  # the checkpoint was trained
+    camera = sorted(set(start) - set(init))
+    assert camera and all(k.startswith(("image_net.", "proj_", "fusion_head.")) for k in camera)
+    assert all(torch.equal(start[k], fresh[k]) for k in camera)
 
 
 # ------------------------------------------------------------------------------------------ xkd-eval

@@ -17,7 +17,12 @@ import torch
 
 from xkd_core.data.collate import Sample, collate, prepare_sample
 from xkd_core.data.frame import CameraView, Frame
-from xkd_core.models.checkpoint import model_from_checkpoint
+from xkd_core.models.checkpoint import (
+    InputConvention,
+    input_convention_from_checkpoint,
+    load_checkpoint,
+    model_from_loaded,
+)
 from xkd_core.models.sparse_backend import Backend
 from xkd_core.models.xmodel_kd import ModelConfig, XModelKD
 
@@ -43,7 +48,8 @@ class Segmenter:
 
     def __init__(self, model: XModelKD, cfg: ModelConfig, image_hw: tuple[int, int] | None,
                  device: str | torch.device = "cpu", fp16: bool = False, fuse: bool = False,
-                 max_range: float | None = None, stage_timing: bool = False) -> None:
+                 max_range: float | None = None, stage_timing: bool = False,
+                 input_convention: InputConvention | None = None) -> None:
         if max_range is not None and not max_range > 0:
             raise ValueError(f"max_range must be > 0 (metres) or None, got {max_range}")
         if cfg.use_camera and fuse and image_hw is None:
@@ -58,6 +64,9 @@ class Segmenter:
         #: also time voxelize / forward_3d / gather inside the model (bench/bench_stages.py); on a GPU
         #: this adds two synchronisations per scan, so the node leaves it off
         self.stage_timing = bool(stage_timing)
+        #: the intensity the model was trained on (range, fill for a missing one): callers bring each
+        #: driver's intensity to it (`xkd_ros.intensity`) before `segment`
+        self.input_convention = input_convention or InputConvention()
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", fp16: bool = False,
@@ -65,16 +74,19 @@ class Segmenter:
                         stage_timing: bool = False) -> Segmenter:
         """Load a checkpoint written by `save_checkpoint`; errors name the file."""
         dev = _resolve_device(device)
-        model, cfg, hw = model_from_checkpoint(path, dev, backend=backend)
-        return cls(model, cfg, hw, dev, fp16=fp16, fuse=fuse, max_range=max_range, stage_timing=stage_timing)
+        ckpt = load_checkpoint(path, map_location="cpu")
+        model, cfg, hw = model_from_loaded(ckpt, path, dev, backend=backend)
+        return cls(model, cfg, hw, dev, fp16=fp16, fuse=fuse, max_range=max_range, stage_timing=stage_timing,
+                   input_convention=input_convention_from_checkpoint(ckpt, path))
 
     @classmethod
     def from_model(cls, model: XModelKD, cfg: ModelConfig, image_hw: tuple[int, int] | None = None,
                    device: str | torch.device = "cpu", fuse: bool = False, fp16: bool = False,
-                   max_range: float | None = None, stage_timing: bool = False) -> Segmenter:
+                   max_range: float | None = None, stage_timing: bool = False,
+                   input_convention: InputConvention | None = None) -> Segmenter:
         """Wrap an in-memory model (tests, evaluation right after training)."""
         return cls(model, cfg, image_hw, device, fp16=fp16, fuse=fuse, max_range=max_range,
-                   stage_timing=stage_timing)
+                   stage_timing=stage_timing, input_convention=input_convention)
 
     def warmup(self, num_points: int = 20000, iterations: int = 2) -> None:
         """Run a few synthetic scans so kernels, allocator and autotuning are ready before real data."""
@@ -94,8 +106,12 @@ class Segmenter:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def segment(self, points: np.ndarray, views: list[CameraView] | None = None) -> SegmentResult:
+    def segment(self, points: np.ndarray, views: list[CameraView] | None = None,
+                exclude: np.ndarray | None = None) -> SegmentResult:
         """Labels and confidences for `points` (N, 4) x, y, z, intensity (or (N, 3): intensity 0).
+
+        `exclude` (N,) bool marks points the model must not see (the vehicle's own body, points too
+        near): like non-finite points and points beyond `max_range`, they get label 0, confidence 0.
 
         `timings` (seconds): `preprocess` (checks, filtering, batching, host -> device), `model`
         (network, softmax, device -> host), `postprocess` (results back in input order) and `total`;
@@ -111,6 +127,11 @@ class Segmenter:
         pts = pts.astype(np.float32, copy=False)
         n = len(pts)
         keep = _finite_rows(pts)
+        if exclude is not None:
+            exclude = np.asarray(exclude, dtype=bool)
+            if exclude.shape != (n,):
+                raise ValueError(f"exclude must be ({n},) bool, got {exclude.shape}")
+            keep &= ~exclude
         if self.max_range is not None:
             with np.errstate(invalid="ignore"):
                 keep &= np.einsum("ij,ij->i", pts[:, :3], pts[:, :3]) <= self.max_range**2

@@ -6,8 +6,6 @@ zero that is still attached to the graph), because a batch can hold no labelled 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -17,18 +15,12 @@ def _zero(like: Tensor) -> Tensor:
     return like.sum() * 0.0
 
 
-def cross_entropy(
-    logits: Tensor, labels: Tensor, ignore_index: int = 0, weight: Tensor | None = None
-) -> Tensor:
-    """Mean CE over rows whose label is not `ignore_index`, each row weighted by `weight` (N,) when
-    given (a pseudo-label that counts less than a label); 0 (not NaN) when there is none."""
+def cross_entropy(logits: Tensor, labels: Tensor, ignore_index: int = 0) -> Tensor:
+    """Mean CE over rows whose label is not `ignore_index`; 0 (not NaN) when there is none."""
     keep = labels != ignore_index
     if labels.numel() == 0 or not bool(keep.any()):
         return _zero(logits)
-    if weight is None:
-        return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
-    rows = F.cross_entropy(logits.float()[keep], labels[keep], reduction="none")
-    return (rows * weight[keep]).sum() / weight[keep].sum()
+    return F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
 
 
 def lovasz_softmax(probs: Tensor, labels: Tensor, ignore_index: int | None = 0) -> Tensor:
@@ -89,31 +81,11 @@ def info_nce(a: Tensor, b: Tensor, tau: float, positive_mask: Tensor | None = No
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
-def merge_class_groups(log_probs: Tensor, groups: Sequence[Sequence[int]]) -> Tensor:
-    """(N, C) log-probabilities -> (N, C') over the classes outside `groups`, then one column per
-    group holding the group's summed probability (a logsumexp of its columns).
-
-    Why: a distillation target should only ask the student for decisions its own modality can make
-    (the "modality focusing" reading of failed cross-modal KD, Xue et al. 2023); classes the LiDAR
-    cannot tell apart are taught as one class, the choice inside the group left to the labels.
-    """
-    if not groups:
-        return log_probs
-    grouped = {c for g in groups for c in g}
-    singles = [c for c in range(log_probs.shape[1]) if c not in grouped]
-    parts = [log_probs[:, singles]]
-    parts += [torch.logsumexp(log_probs[:, list(g)], dim=1, keepdim=True) for g in groups]
-    return torch.cat(parts, dim=1)
-
-
-def kd_kl(student_logits: Tensor, teacher_logits: Tensor, T: float,
-          groups: Sequence[Sequence[int]] = ()) -> Tensor:
+def kd_kl(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
     """T^2 * KL(softmax(teacher / T) || softmax(student / T)), summed over classes, mean over rows.
 
     The teacher is detached: distillation moves the student only. The T^2 factor keeps gradient
-    magnitudes comparable across temperatures (Hinton et al. 2015). With `groups` (lists of class
-    ids) both distributions are first summed within each group (`merge_class_groups`, at T = 1) and
-    the merged ones tempered: the KL then says nothing about which class of a group a point is.
+    magnitudes comparable across temperatures (Hinton et al. 2015).
     """
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(f"kd_kl: student {tuple(student_logits.shape)} and teacher "
@@ -122,31 +94,6 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, T: float,
         raise ValueError(f"kd_kl: T must be > 0, got {T}")
     if student_logits.shape[0] == 0:
         return _zero(student_logits)
-    student, teacher = student_logits.float(), teacher_logits.detach().float()
-    if groups:  # merged at T = 1, tempered after: nothing inside a group changes the KL, at any T
-        student = merge_class_groups(F.log_softmax(student, dim=1), groups)
-        teacher = merge_class_groups(F.log_softmax(teacher, dim=1), groups)
-    log_s = F.log_softmax(student / T, dim=1)
-    log_t = F.log_softmax(teacher / T, dim=1)
+    log_s = F.log_softmax(student_logits.float() / T, dim=1)
+    log_t = F.log_softmax(teacher_logits.detach().float() / T, dim=1)
     return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean") * (T * T)
-
-
-def class_balance_weights(predicted: Tensor, selected: Tensor, num_classes: int) -> Tensor:
-    """Per-row weights of the `selected` pseudo-labels (class ids) that give each class a summed
-    weight in proportion to its count among all `predicted` rows, the total kept at len(selected).
-
-    Why: a confidence threshold passes more of the easy classes than of the hard ones; reweighting
-    gives the student the teacher's class frequencies back, not the threshold's. Classes predicted
-    but never selected get nothing (no row to carry them); their share goes to the others.
-    """
-    if selected.numel() == 0:
-        return torch.ones(0, device=selected.device)
-    n_pred = torch.bincount(predicted, minlength=num_classes).float()
-    n_sel = torch.bincount(selected, minlength=num_classes).float()
-    present = n_sel > 0
-    per_class = torch.zeros_like(n_pred)
-    per_class[present] = n_pred[present] / n_sel[present]
-    share = n_pred[present].sum()
-    if share <= 0:  # selected rows whose classes were never predicted: leave them as they are
-        return torch.ones(selected.shape[0], device=selected.device)
-    return per_class[selected] * (selected.shape[0] / share)

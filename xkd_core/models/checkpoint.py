@@ -4,21 +4,28 @@ A checkpoint is a `torch.save`d dict::
 
     {"format_version": 1,
      "model": state_dict,                       # XModelKD, no DDP / torch.compile prefixes
-     "config": {"model": ModelConfig as dict,   # the resolved config, loadable with from_dict
-                "image_hw": [H, W] | None},     # network image size (None for the LiDAR-only model)
+     "config": {"model": ModelConfig as dict,   # the resolved config (sections; older: flat, migrated)
+                "image_hw": [H, W] | None,      # network image size (None for the LiDAR-only model)
+                "input_convention": {...}},     # InputConvention: the training points' intensity
      "class_names": [...],
      **extra}                                   # e.g. epoch, optimizer, metrics (plain data only)
 
 It is written atomically (temporary file in the same folder, then `os.replace`), so a reader never
 sees a torn file even if training is killed mid-write. Loading uses `weights_only=True`, so `extra`
 must hold only tensors and plain Python data.
+
+`input_convention` says what intensity the model was trained on, so the node can bring any driver's
+intensity to it (`xkd_ros.intensity`). Checkpoints written before it existed (the shipped
+`xkd_synth_small.pt` among them) lack it and read as `LEGACY_INPUT_CONVENTION`: every xkd model so
+far was trained on SemanticKITTI-format scans, whose intensity is 0..1 reflectance.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +34,7 @@ from torch import nn
 
 from xkd_core.classes import CLASS_NAMES
 from xkd_core.config import ConfigError, from_dict, to_dict
+from xkd_core.models.model_config import migrate_model_dict
 from xkd_core.models.xmodel_kd import ModelConfig, XModelKD
 
 FORMAT_VERSION = 1
@@ -35,6 +43,33 @@ _RESERVED = ("format_version", "model", "config", "class_names")
 
 class CheckpointError(ValueError):
     """A checkpoint file cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True)
+class InputConvention:
+    """The point intensity the model was trained on: `0..intensity_max`, `intensity_fill` for none.
+
+    SemanticKITTI and xkd-synth scans hold 0..1 reflectance (`intensity_max` 1). `intensity_fill` is
+    what a point without intensity gets (a cloud with no intensity field); 0.0 unless the trainer
+    knows better: the same value `Segmenter.segment` uses for (N, 3) points.
+    """
+
+    intensity_max: float = 1.0
+    intensity_fill: float = 0.0
+    #: Where the convention comes from, for logs and diagnostics.
+    source: str = "SemanticKITTI-format reflectance 0..1"
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.intensity_max) and self.intensity_max > 0):
+            raise ValueError(f"intensity_max must be finite and > 0, got {self.intensity_max}")
+        if not (math.isfinite(self.intensity_fill) and 0.0 <= self.intensity_fill <= self.intensity_max):
+            raise ValueError(f"intensity_fill must lie in [0, intensity_max={self.intensity_max}], "
+                             f"got {self.intensity_fill}")
+
+
+#: What a checkpoint without `input_convention` reads as (see the module docstring).
+LEGACY_INPUT_CONVENTION = InputConvention(
+    source="not recorded in the checkpoint: assumed SemanticKITTI-format reflectance 0..1")
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -54,12 +89,14 @@ def save_checkpoint(
     cfg: ModelConfig,
     extra: dict[str, Any] | None = None,
     image_hw: tuple[int, int] | None = None,
+    input_convention: InputConvention | None = None,
 ) -> Path:
-    """Atomically write `model`'s weights with its config and network image size.
+    """Atomically write `model`'s weights with its config, network image size and input convention.
 
     The image size is `image_hw`, else `extra["image_hw"]`, else `extra["train_config"]["data"]
     ["image_hw"]` (what xkd-train passes); a camera model without one is refused, because inference
-    must resize images exactly as training did.
+    must resize images exactly as training did. `input_convention` defaults to `InputConvention()`
+    (0..1 reflectance, fill 0).
     """
     path = Path(path)
     extra = dict(extra or {})
@@ -79,7 +116,8 @@ def save_checkpoint(
     ckpt = {
         "format_version": FORMAT_VERSION,
         "model": unwrap_model(model).state_dict(),
-        "config": {"model": to_dict(cfg), "image_hw": hw},
+        "config": {"model": to_dict(cfg), "image_hw": hw,
+                   "input_convention": to_dict(input_convention or InputConvention())},
         "class_names": list(CLASS_NAMES[: cfg.num_classes]),
         **extra,
     }
@@ -113,7 +151,7 @@ def export_checkpoint(src: str | Path, dst: str | Path, description: str = "") -
     config and step stay. `description` (e.g. what data it saw) is stored for `xkd-eval` / the node
     to report. The weights are checked to fit the config before anything is written."""
     ckpt = load_checkpoint(src)
-    _model_from_loaded(ckpt, src)
+    model_from_loaded(ckpt, src)
     out = {k: ckpt[k] for k in (*_RESERVED, *EXPORT_KEYS) if k in ckpt}
     if description:
         out["description"] = description
@@ -146,9 +184,13 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
 
 def config_from_checkpoint(ckpt: dict[str, Any], path: str | Path = "<checkpoint>") -> tuple[
         ModelConfig, tuple[int, int] | None]:
-    """The `ModelConfig` and network image size stored in a loaded checkpoint."""
+    """The `ModelConfig` and network image size stored in a loaded checkpoint.
+
+    A model config in the flat layout of checkpoints written before `ModelConfig` had sections is
+    migrated (`migrate_model_dict`); one that turns on a removed switch is refused."""
     try:
-        cfg = from_dict(ModelConfig, ckpt["config"]["model"], "config.model")
+        model = migrate_model_dict(ckpt["config"]["model"], "config.model")
+        cfg = from_dict(ModelConfig, model, "config.model")
     except ConfigError as exc:
         raise CheckpointError(f"checkpoint {path}: incompatible model config: {exc}") from exc
     hw = ckpt["config"]["image_hw"]
@@ -164,20 +206,33 @@ def model_from_checkpoint(
 ) -> tuple[XModelKD, ModelConfig, tuple[int, int] | None]:
     """Rebuild the model of a checkpoint on `device` (eval mode); `backend` overrides the stored one.
 
-    The image backbone is built without pretrained weights (the checkpoint holds them), so a
-    checkpoint trained from a local weights file loads on a machine without that file.
+    The image backbone is built without loading pretrained weights (the checkpoint holds them), so a
+    checkpoint trained from a local weights file loads on a machine without that file; the stored
+    `image_pretrained` still says how the camera branch normalises images.
     """
-    return _model_from_loaded(load_checkpoint(path, map_location="cpu"), path, device, backend)
+    return model_from_loaded(load_checkpoint(path, map_location="cpu"), path, device, backend)
 
 
-def _model_from_loaded(
+def input_convention_from_checkpoint(ckpt: dict[str, Any],
+                                     path: str | Path = "<checkpoint>") -> InputConvention:
+    """The `InputConvention` stored in a loaded checkpoint; `LEGACY_INPUT_CONVENTION` when it has none."""
+    raw = ckpt["config"].get("input_convention")
+    if raw is None:
+        return LEGACY_INPUT_CONVENTION
+    try:
+        return from_dict(InputConvention, raw, "config.input_convention")
+    except ConfigError as exc:
+        raise CheckpointError(f"checkpoint {path}: bad input convention: {exc}") from exc
+
+
+def model_from_loaded(
     ckpt: dict[str, Any], path: str | Path, device: str | torch.device = "cpu", backend: str | None = None
 ) -> tuple[XModelKD, ModelConfig, tuple[int, int] | None]:
     """The model of an already loaded checkpoint, weights loaded strictly (a mismatch names the file)."""
     cfg, hw = config_from_checkpoint(ckpt, path)
-    cfg = replace(cfg, image_pretrained="none", backend=backend or cfg.backend)
+    cfg = replace(cfg, backend=backend or cfg.backend)
     try:
-        model = XModelKD.from_config(cfg, device=device)
+        model = XModelKD.from_config(cfg, device=device, load_weights=False)
         model.load_state_dict(ckpt["model"], strict=True)
     except (RuntimeError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path}: weights do not fit the stored config: {exc}") from exc

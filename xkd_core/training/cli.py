@@ -1,6 +1,7 @@
 """`xkd-train`: train xModel-KD or the LiDAR-only baseline from a config file and preset.
 
-    xkd-train --config config/train/xmodel_kd.yaml --preset synth_small --set optim.steps=200
+    xkd-train --config config/train/xmodel_kd.yaml --preset synth_small --set optim.steps=200 \
+        --set model.distillation.wkd=0.5
     xkd-train --resume runs/xkd/last.pt                      # exact continuation
     torchrun --nproc_per_node 8 -m xkd_core.training.cli --config ... --preset semantickitti
 """
@@ -11,7 +12,7 @@ import argparse
 import logging
 import sys
 
-from xkd_core.config import ConfigError, apply_overrides
+from xkd_core.config import ConfigError
 from xkd_core.data.semantickitti import DataFormatError
 
 
@@ -22,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="training config YAML (config/train/*.yaml)")
     p.add_argument("--preset", help="preset inside the config file (e.g. semantickitti, synth_small)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
-                   help="override one config value (YAML syntax); repeatable")
+                   help="override one config value (YAML), e.g. model.distillation.wkd=0.5; repeatable")
     p.add_argument("--resume", metavar="CKPT",
                    help="continue exactly from a last.pt (with its embedded config unless --config)")
     p.add_argument("--stop-at-step", type=int, default=None,
@@ -44,8 +45,8 @@ def _config(args: argparse.Namespace):
     ckpt = load_checkpoint(args.resume, map_location="cpu")
     if "train_config" not in ckpt:
         raise ConfigError(f"{args.resume} holds no training config (not written by xkd-train)")
-    try:
-        return train_config_from_dict(apply_overrides(ckpt["train_config"], args.overrides))
+    try:  # a checkpoint written before the model config had sections holds the flat layout: migrated
+        return train_config_from_dict(ckpt["train_config"], args.overrides)
     except ConfigError as exc:
         raise ConfigError(f"{args.resume} (embedded config): {exc}") from exc
 

@@ -1,9 +1,15 @@
 """`TrainConfig`: everything one training run needs, loaded strictly from YAML with presets.
 
-A config file holds a base mapping plus `presets: {name: {...}}`; a preset is deep-merged onto the
-base (so one file carries both the full-size GPU recipe and a CPU recipe on the synthetic world),
-then `--set key.path=value` overrides apply, then `xkd_core.config.from_dict` validates every key
-and type. The resolved config is what a checkpoint embeds, so a run is reproducible from it alone.
+A config file holds a mapping plus `presets: {name: {...}}`; a preset is deep-merged onto it (so one
+file carries both the full-size GPU recipe and a CPU recipe on the synthetic world), then `--set
+key.path=value` overrides apply, then `xkd_core.config.from_dict` validates every key and type. A
+file may start from another with `base: other.yaml` (a path relative to the file): the other file,
+presets included, is deep-merged under it, so a variant states only how it differs. The resolved
+config is what a checkpoint embeds, so a run is reproducible from it alone.
+
+Model keys in the flat layout of earlier configs (`model.wkd`) are moved into their sections
+(`model.distillation.wkd`) wherever they come from: files, overrides and checkpoints
+(`xkd_core.models.model_config.migrate_model_dict`).
 """
 
 from __future__ import annotations
@@ -15,9 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import yaml
+
 from xkd_core.config import ConfigError, apply_overrides, from_dict, load_yaml
+from xkd_core.data.views import camera_selectors
 from xkd_core.geometry.augment import ImageAugConfig, PointAugConfig
-from xkd_core.models.xmodel_kd import ModelConfig
+from xkd_core.models.model_config import (
+    REMOVED,
+    ModelConfig,
+    is_off,
+    migrate_model_dict,
+    migrate_model_path,
+    removed_switch_error,
+)
 
 
 def _sequence_ids(values: list[str | int] | None, where: str) -> list[str] | None:
@@ -47,7 +63,8 @@ class DataConfig:
     val_root: str | None = None
     #: Pair logs: pseudo-labels with a confidence below this become ignore (0).
     pairlog_min_confidence: float = 0.0
-    cameras: list[int] = field(default_factory=lambda: [2])
+    #: Views per frame (`xkd_core.data.views`): KITTI indices 2 / 3, view names (`CAM_FRONT`), or `all`.
+    cameras: list[int | str] | str = field(default_factory=lambda: [2])
     image_hw: tuple[int, int] = (320, 960)
     point_aug: PointAugConfig = field(default_factory=PointAugConfig)
     image_aug: ImageAugConfig = field(default_factory=ImageAugConfig)
@@ -87,8 +104,10 @@ class DataConfig:
             raise ValueError("data.pairlog_min_confidence must lie in [0, 1]")
         if self.image_labels not in ("sampled", "scan"):
             raise ValueError(f"data.image_labels must be 'sampled' or 'scan', got {self.image_labels!r}")
-        if len(set(self.cameras)) != len(self.cameras):
-            raise ValueError(f"data.cameras has duplicates: {self.cameras}")
+        try:
+            self.cameras = camera_selectors(self.cameras)
+        except ValueError as exc:
+            raise ValueError(f"data.cameras: {exc}") from None
 
 
 @dataclass
@@ -153,9 +172,6 @@ class TrainConfig:
     ckpt_every: int = 0
     #: Checkpoint whose weights start the run (fine-tuning, e.g. on pair logs); optimiser starts fresh.
     init_checkpoint: str | None = None
-    #: Parameter-name prefixes of `init_checkpoint` left at their fresh init, e.g. ["unet.",
-    #: "point_head."]: a trained camera branch and fused head teach a new LiDAR branch from step 0.
-    init_skip: list[str] = field(default_factory=list)
     #: DDP: allow parameters that get no gradient in a step (e.g. no point-pixel pairs in a batch).
     find_unused_parameters: bool = True
     #: DDP on GPUs: BatchNorm statistics over all ranks (SyncBatchNorm; gloo/CPU has none, there the
@@ -176,8 +192,53 @@ class TrainConfig:
                              f"({self.sparse_backend!r}); choose the backend with sparse_backend only")
         if self.model.use_camera and not self.data.cameras:
             raise ValueError("model.use_camera is true but data.cameras is empty")
-        if self.init_skip and not self.init_checkpoint:
-            raise ValueError("init_skip names parts of init_checkpoint, which is not set")
+
+
+#: Run settings removed with the model switches they served (see model_config.REMOVED), each with the
+#: value that left it off: `init_skip` kept parts of `init_checkpoint` fresh, for the camera teacher
+#: trained first of the pseudo-label experiments.
+REMOVED_RUN_KEYS = {"init_skip": []}
+
+
+def migrate_train_dict(data: dict, where: str = "") -> dict:
+    """A copy of a training mapping (or preset) in today's layout: the `model:` mapping migrated
+    (`migrate_model_dict`), removed run settings that are off dropped, others refused."""
+    out = dict(data)
+    if "model" in out:
+        out["model"] = migrate_model_dict(out["model"], f"{where}model")
+    for key, off in REMOVED_RUN_KEYS.items():
+        if key in out:
+            value = out.pop(key)
+            if value != off:
+                raise removed_switch_error(where.rstrip(".") or "config", key, value, off)
+    return out
+
+
+def migrate_overrides(overrides: Iterable[str]) -> list[str]:
+    """`--set` overrides in today's layout: `model.wkd=0.5` -> `model.distillation.wkd=0.5`; a removed
+    switch set to its off value is dropped, to anything else refused."""
+    out = []
+    for item in overrides:
+        path, eq, raw = item.partition("=")
+        keys = path.strip().split(".")
+        if not eq or len(keys) > 2:
+            out.append(item)
+            continue
+        if keys[0] == "model" and len(keys) == 2:
+            moved = migrate_model_path(keys[1:])
+            if moved is None:
+                value = yaml.safe_load(raw)
+                if not is_off(keys[1], value):
+                    raise removed_switch_error("model", keys[1], value, REMOVED[keys[1]])
+                continue
+            out.append(".".join(["model", *moved]) + "=" + raw)
+        elif len(keys) == 1 and keys[0] in REMOVED_RUN_KEYS:
+            value = yaml.safe_load(raw)
+            if value != REMOVED_RUN_KEYS[keys[0]]:
+                raise removed_switch_error("config", keys[0], value, REMOVED_RUN_KEYS[keys[0]])
+        else:
+            out.append(item)
+    return out
 
 
 def _deep_merge(base: dict, update: dict) -> dict:
@@ -190,9 +251,48 @@ def _deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
-def resolve_train_dict(path: str | Path, preset: str | None = None, overrides: Iterable[str] = ()) -> dict:
-    """The raw mapping of a config file after applying `preset` and `key.path=value` overrides."""
+def _migrate_file(data: dict, path: Path) -> dict:
+    """One file's mapping and its presets in today's layout; errors name the file."""
+    try:
+        data = migrate_train_dict(data)
+        presets = data.get("presets")
+        if isinstance(presets, dict):
+            data["presets"] = {name: migrate_train_dict(p, f"presets.{name}.") if isinstance(p, dict) else p
+                               for name, p in presets.items()}
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    return data
+
+
+def load_layered_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping with its `base:` file (and that file's base, ...) deep-merged under it.
+
+    `base` is a path relative to the file that names it; a chain that comes back to a file it already
+    holds is refused (it would never end), as is a base that is not a file name or not found.
+    """
+    path = Path(path)
+    here = path.resolve()
+    if here in _chain:
+        cycle = " -> ".join(p.name for p in (*_chain, here))
+        raise ConfigError(f"{path}: 'base' files form a cycle: {cycle}")
     data = load_yaml(path)
+    base = data.pop("base", None)
+    data = _migrate_file(data, path)
+    if base is None:
+        return data
+    if not isinstance(base, str) or not base.strip():
+        raise ConfigError(f"{path}: 'base' must name another config file, relative to {path.parent}, "
+                          f"got {base!r}")
+    base_path = path.parent / base
+    if not base_path.is_file():
+        raise ConfigError(f"{path}: base file {base!r} not found (looked for {base_path})")
+    return _deep_merge(load_layered_yaml(base_path, (*_chain, here)), data)
+
+
+def resolve_train_dict(path: str | Path, preset: str | None = None, overrides: Iterable[str] = ()) -> dict:
+    """The raw mapping of a config file (with its `base:` chain) after applying `preset` and
+    `key.path=value` overrides."""
+    data = load_layered_yaml(path)
     presets = data.pop("presets", None) or {}
     if not isinstance(presets, dict):
         raise ConfigError(f"{path}: 'presets' must be a mapping of name -> settings")
@@ -202,21 +302,25 @@ def resolve_train_dict(path: str | Path, preset: str | None = None, overrides: I
         if not isinstance(presets[preset], dict):
             raise ConfigError(f"{path}: preset {preset!r} must be a mapping")
         data = _deep_merge(data, presets[preset])
-    return apply_overrides(data, overrides)
+    # migrated again: an override may replace a whole mapping (`model={...}`) in the flat layout
+    return migrate_train_dict(apply_overrides(data, migrate_overrides(overrides)))
 
 
 def load_train_config(
     path: str | Path, preset: str | None = None, overrides: Iterable[str] = ()
 ) -> TrainConfig:
     """Load and validate a training config (file + preset + overrides); errors name file and key."""
-    data = resolve_train_dict(path, preset, overrides)
+    where = f"{path}" + (f" (preset {preset!r})" if preset else "")
     try:
+        data = resolve_train_dict(path, preset, overrides)
         return from_dict(TrainConfig, data)
     except ConfigError as exc:
-        where = f"{path}" + (f" (preset {preset!r})" if preset else "")
-        raise ConfigError(f"{where}: {exc}") from exc
+        msg = str(exc)
+        raise ConfigError(msg if msg.startswith(str(path)) else f"{where}: {msg}") from exc
 
 
-def train_config_from_dict(data: dict) -> TrainConfig:
-    """Validate an already-resolved mapping (e.g. the one embedded in a checkpoint)."""
-    return from_dict(TrainConfig, copy.deepcopy(data))
+def train_config_from_dict(data: dict, overrides: Iterable[str] = ()) -> TrainConfig:
+    """Validate an already-resolved mapping (e.g. the one embedded in a checkpoint, flat layout
+    included), after `key.path=value` overrides."""
+    data = migrate_train_dict(copy.deepcopy(data))
+    return from_dict(TrainConfig, migrate_train_dict(apply_overrides(data, migrate_overrides(overrides))))

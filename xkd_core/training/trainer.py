@@ -29,10 +29,10 @@ from tqdm import tqdm
 from xkd_core.classes import CLASS_NAMES, IGNORE_INDEX
 from xkd_core.config import to_dict
 from xkd_core.evaluation.metrics import ConfusionMatrix
-from xkd_core.models.checkpoint import load_checkpoint, save_checkpoint
+from xkd_core.models.checkpoint import InputConvention, load_checkpoint, save_checkpoint
 from xkd_core.models.xmodel_kd import XModelKD
 from xkd_core.training import data as tdata
-from xkd_core.training.config import TrainConfig, train_config_from_dict
+from xkd_core.training.config import DataConfig, TrainConfig, train_config_from_dict
 from xkd_core.training.distributed import DistInfo, all_gather_objects, barrier, init_distributed
 from xkd_core.training.schedule import build_optimizer, build_scheduler
 from xkd_core.training.seeding import capture_rng_state, restore_rng_state, seed_everything
@@ -52,6 +52,16 @@ class TrainResult:
     val: list[dict] = field(default_factory=list)
     best_miou: float | None = None
     out_dir: Path | None = None
+
+
+def input_convention(data: DataConfig) -> InputConvention:
+    """The intensity convention of the training scans, recorded in every checkpoint.
+
+    SemanticKITTI-format scans (real or xkd-synth) hold 0..1 reflectance; pair logs hold the points
+    the node fed its model, already brought to that model's 0..1 convention. The fill for a missing
+    intensity stays 0.0: training never shows the model one.
+    """
+    return InputConvention(intensity_max=1.0, intensity_fill=0.0, source=f"{data.source}: reflectance 0..1")
 
 
 def labels_from_logits(logits: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
@@ -132,15 +142,10 @@ class Trainer:
         return torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
 
     def _load_init_weights(self, model: torch.nn.Module, path: str) -> None:
-        """Start from a checkpoint's weights (fine-tuning); parts the checkpoint lacks, and those that
-        `init_skip` names, keep their init."""
+        """Start from a checkpoint's weights (fine-tuning); parts the checkpoint lacks keep their init."""
         ckpt = load_checkpoint(path, map_location="cpu")
-        skip = tuple(self.cfg.init_skip)
-        state = {k: v for k, v in ckpt["model"].items() if not (skip and k.startswith(skip))}
-        if skip and len(state) == len(ckpt["model"]):
-            raise ValueError(f"init_skip {list(skip)} matches no parameter of {path}")
         try:
-            result = model.load_state_dict(state, strict=False)
+            result = model.load_state_dict(ckpt["model"], strict=False)
         except RuntimeError as exc:
             raise ValueError(f"init_checkpoint {path} does not fit model config: {exc}") from exc
         if self.info.is_main:
@@ -242,7 +247,8 @@ class Trainer:
         if self.info.is_main:
             payload = {"train_state": state, "train_config": to_dict(self.cfg), "step": self.step}
             payload.update(extra or {})
-            save_checkpoint(path, self.model, self.model.cfg, payload)
+            save_checkpoint(path, self.model, self.model.cfg, payload,
+                            input_convention=input_convention(self.cfg.data))
         barrier()
         return path
 
@@ -256,7 +262,7 @@ class Trainer:
         net = self.ddp if self.ddp is not None else self.model
         with self._autocast():
             out = net(batch)
-            losses = self.model.loss(out, batch, kd_scale=self.model.kd_scale(self.step))
+            losses = self.model.loss(out, batch)
         loss = losses["total"]
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()

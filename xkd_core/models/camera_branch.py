@@ -2,83 +2,43 @@
 
 The camera branch only has to be good enough to teach the LiDAR branch appearance (paint, colour,
 texture), so it is a stock timm backbone with `features_only=True` and a small top-down FPN; all FPN
-levels have `fpn_dim` channels so any of them can feed a projection head. `sample_at_pixels` reads
-features at continuous point projections with `grid_sample(align_corners=True)`, the convention
-under which pixel centres sit at integer coordinates (docs/architecture.md).
+levels have `fpn_dim` channels so any of them can feed a projection head. Its encoder starts from the
+weights `image_pretrained` names (see `models/image_weights.py`) and sees images normalised the way
+those weights were trained. `sample_at_pixels` reads features at continuous point projections with
+`grid_sample(align_corners=True)`, the convention under which pixel centres sit at integer
+coordinates (docs/architecture.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-#: Prefixes that wrappers (DDP, Lightning, EMA) put in front of parameter names.
-_WRAPPER_PREFIXES = ("module.", "model.", "encoder.", "backbone.")
+from xkd_core.data.collate import IMAGENET_MEAN, IMAGENET_STD
+from xkd_core.models.image_weights import encoder_state_dict, input_normalisation, load_encoder_state
 
 
-def _unwrap_state_dict(obj: object, path: Path) -> dict[str, Tensor]:
-    if isinstance(obj, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"image weights file {path} does not hold a state_dict (name -> tensor)")
-    return obj
-
-
-def load_encoder_weights(encoder: nn.Module, path: str | Path, backbone: str) -> None:
-    """Load a local state_dict into a `features_only` encoder; every encoder tensor must be found.
-
-    A full classification checkpoint works too: its head (keys the encoder does not have) is
-    ignored. Missing keys or mismatched shapes raise a `ValueError` naming the file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image weights file not found: {path} (image_pretrained must be "
-                                "'none', 'hub' or a path to a state_dict)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
-        raise ValueError(f"image weights file {path} cannot be read by torch.load: {exc}") from exc
-    state = _unwrap_state_dict(obj, path)
-    own = encoder.state_dict()
-    # tolerate one level of wrapper prefix when the names do not match as they are
-    if not own.keys() & state.keys():
-        for prefix in _WRAPPER_PREFIXES:
-            stripped = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-            if own.keys() & stripped.keys():
-                state = stripped
-                break
-    missing = sorted(own.keys() - state.keys())
-    if missing:
-        raise ValueError(f"image weights file {path} does not match backbone {backbone!r}: "
-                         f"{len(missing)} of {len(own)} encoder tensors missing, e.g. {missing[:5]}")
-    bad = [f"{k} {tuple(state[k].shape)} != {tuple(v.shape)}" for k, v in own.items()
-           if tuple(state[k].shape) != tuple(v.shape)]
-    if bad:
-        raise ValueError(f"image weights file {path} does not match backbone {backbone!r}: "
-                         f"shape mismatch for {bad[:5]}")
-    encoder.load_state_dict({k: state[k] for k in own}, strict=True)
-
-
-def build_encoder(backbone: str, pretrained: str, out_indices: Sequence[int]) -> nn.Module:
-    """timm `features_only` encoder; `pretrained` is "none", "hub" (timm's hub weights) or a file path."""
+def build_encoder(backbone: str, pretrained: str, out_indices: Sequence[int], load_weights: bool = True
+                  ) -> nn.Module:
+    """timm `features_only` encoder with the weights `pretrained` names ("none", "hub", "imagenet" or a
+    file path); `load_weights=False` builds the same network at random init (a checkpoint brings them)."""
+    hub = load_weights and pretrained == "hub"
     try:
         encoder = timm.create_model(backbone, features_only=True, out_indices=tuple(out_indices),
-                                    pretrained=pretrained == "hub")
+                                    pretrained=hub)
     except Exception as exc:  # noqa: BLE001 - hub downloads fail with OSError, HTTP and hub errors
-        if pretrained == "hub":
+        if hub:
             raise RuntimeError(f"could not fetch hub weights for image backbone {backbone!r} "
-                               f"(offline? use image_pretrained: none or a local file): {exc}") from exc
+                               f"(offline? use image_pretrained: none, imagenet or a local file): {exc}"
+                               ) from exc
         raise
-    if pretrained not in ("none", "hub"):
-        load_encoder_weights(encoder, pretrained, backbone)
+    if load_weights and pretrained not in ("none", "hub"):
+        state, source = encoder_state_dict(backbone, pretrained)
+        load_encoder_state(encoder, state, source, backbone)
     return encoder
 
 
@@ -87,13 +47,30 @@ def _conv_bn_relu(cin: int, cout: int, k: int = 3) -> nn.Sequential:
                          nn.ReLU(inplace=True))
 
 
-class ImageNet(nn.Module):
-    """timm encoder + FPN; `forward(images)` -> (per-level features, pixel logits at the finest level)."""
+class CameraBranch(nn.Module):
+    """timm encoder + FPN; `forward(images)` -> (per-level features, pixel logits at the finest level).
+
+    Images arrive normalised with the ImageNet statistics (`xkd_core.data.collate.normalize_images`);
+    weights trained with other statistics (the TF-trained EfficientNet-Lite of `imagenet`: mean and
+    std 0.5) get them re-normalised here, one per-channel affine map, so training and inference agree
+    whatever the data pipeline does.
+    """
 
     def __init__(self, backbone: str, pretrained: str, out_indices: Sequence[int], fpn_dim: int,
-                 num_classes: int) -> None:
+                 num_classes: int, load_weights: bool = True) -> None:
         super().__init__()
-        self.encoder = build_encoder(backbone, pretrained, out_indices)
+        self.encoder = build_encoder(backbone, pretrained, out_indices, load_weights)
+        mean, std = input_normalisation(backbone, pretrained)
+        given_mean = torch.from_numpy(IMAGENET_MEAN).double()
+        given_std = torch.from_numpy(IMAGENET_STD).double()
+        want_mean, want_std = torch.tensor(mean, dtype=torch.float64), torch.tensor(std, dtype=torch.float64)
+        #: x -> (x * std_given + mean_given - mean_want) / std_want, skipped when the two agree (ImageNet)
+        self.renormalise = not (torch.allclose(given_mean, want_mean) and torch.allclose(given_std, want_std))
+        # not persistent: derived from the config, so checkpoints keep the same keys
+        self.register_buffer("input_scale", (given_std / want_std).float()[None, :, None, None],
+                             persistent=False)
+        shift = (given_mean - want_mean) / want_std
+        self.register_buffer("input_shift", shift.float()[None, :, None, None], persistent=False)
         channels = self.encoder.feature_info.channels()
         #: stride of every FPN level w.r.t. the input image, finest first
         self.reductions: list[int] = list(self.encoder.feature_info.reduction())
@@ -107,10 +84,16 @@ class ImageNet(nn.Module):
         """Number of FPN levels (= len(out_indices))."""
         return len(self.lateral)
 
+    def encoder_input(self, images: Tensor) -> Tensor:
+        """ImageNet-normalised images (I, 3, H, W) -> normalised as the encoder's weights expect."""
+        if not self.renormalise:
+            return images
+        return images * self.input_scale.to(images.dtype) + self.input_shift.to(images.dtype)
+
     def forward(self, images: Tensor) -> tuple[list[Tensor], Tensor]:
-        """Images (I, 3, H, W) normalised -> FPN levels [(I, fpn_dim, h_l, w_l)], finest first, and
-        pixel logits (I, C, h_0, w_0)."""
-        feats = self.encoder(images)
+        """Images (I, 3, H, W) ImageNet-normalised -> FPN levels [(I, fpn_dim, h_l, w_l)], finest first,
+        and pixel logits (I, C, h_0, w_0)."""
+        feats = self.encoder(self.encoder_input(images))
         # top-down: each smoothed level feeds the next finer one, so every layer reaches the logits
         # (no parameter is unused whichever levels the projection heads read - DDP needs that)
         top = self.smooth[-1](self.lateral[-1](feats[-1]))
