@@ -79,14 +79,14 @@ def test_auto_scale_of_each_driver_layout(layout, field, scale, factor):
     assert (d.field, d.scale, d.frames_seen, d.locked) == (field, scale, 1, False)
     assert d.factor == pytest.approx(factor)
     assert keys(events) == [EVENT_DECIDED] and events[0].message == d.text
-    assert set(d.diagnostics()) >= {"intensity_field", "intensity_scale", "intensity_factor",
-                                    "intensity_decision"}
+    assert set(d.diagnostics()) >= {"intensity.field", "intensity.scale", "intensity.factor",
+                                    "intensity.decision"}
     np.testing.assert_array_equal(points[:, :3], scene.xyz)
     if layout == "ouster" and field == "intensity":
         # range-dependent photons: the text tells the user which field to use
-        assert "set intensity_field: reflectivity" in d.text
+        assert "set intensity.field: reflectivity" in d.text
     else:
-        assert "set intensity_field" not in d.text
+        assert "set intensity.field" not in d.text
         # quantised reflectance (round(r * 255) / 255) within half a step
         np.testing.assert_allclose(points[:, 3], scene.reflectance, atol=0.5 / 255 + 1e-6)
 
@@ -219,7 +219,7 @@ def test_missing_field_gets_the_fill_value_and_an_event():
     for _ in range(2):  # every frame is counted, none fails
         points, events = norm.normalize_cloud(cloud.rosbags())
         assert keys(events) == [EVENT_FIELD_MISSING]
-        assert "set intensity_field: intensity or none" in events[0].message
+        assert "set intensity.field: intensity or none" in events[0].message
         assert np.all(points[:, 3] == np.float32(0.2)) and points.shape == (len(cloud.index), 4)
     assert norm.decision.scale == "pending"
     none = IntensityNormalizer("none", convention=conv)
@@ -242,9 +242,9 @@ def test_parameters_are_checked():
     assert parse_intensity_scale("1/255") == pytest.approx(1 / 255)
     assert parse_intensity_scale(0.5) == 0.5 and parse_intensity_scale("0.01") == 0.01
     for bad in (0, -1.0, "0", "abc", float("nan"), float("inf"), True, None):
-        with pytest.raises(ValueError, match="intensity_scale"):
+        with pytest.raises(ValueError, match="intensity.scale"):
             parse_intensity_scale(bad)
-    with pytest.raises(ValueError, match="intensity_field"):
+    with pytest.raises(ValueError, match="intensity.field"):
         IntensityNormalizer("signal")
     with pytest.raises(ValueError, match="auto_frames"):
         IntensityNormalizer(auto_frames=0)

@@ -106,13 +106,13 @@ class IntensityDecision:
 
     def diagnostics(self) -> dict[str, str]:
         """Key/value strings for a `diagnostic_msgs/DiagnosticStatus`."""
-        return {"intensity_field": self.field, "intensity_scale": self.scale,
-                "intensity_factor": f"{self.factor:.9g}", "intensity_frames_seen": str(self.frames_seen),
-                "intensity_locked": str(self.locked).lower(), "intensity_decision": self.text}
+        return {"intensity.field": self.field, "intensity.scale": self.scale,
+                "intensity.factor": f"{self.factor:.9g}", "intensity.frames_seen": str(self.frames_seen),
+                "intensity.locked": str(self.locked).lower(), "intensity.decision": self.text}
 
 
 def parse_intensity_scale(value: str | float) -> float | None:
-    """The `intensity_scale` parameter: None for "auto", else the positive factor it names.
+    """The `intensity.scale` parameter: None for "auto", else the positive factor it names.
 
     Accepts a number (0.00392156...) or a string holding one or a fraction ("1/255").
     """
@@ -123,14 +123,14 @@ def parse_intensity_scale(value: str | float) -> float | None:
         try:
             factor = float(Fraction(text))
         except (ValueError, ZeroDivisionError):
-            raise ValueError(f"intensity_scale must be 'auto' or a positive factor such as 1/255,"
+            raise ValueError(f"intensity.scale must be 'auto' or a positive factor such as 1/255,"
                              f" got {value!r}") from None
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         factor = float(value)
     else:
-        raise ValueError(f"intensity_scale must be 'auto' or a positive factor, got {value!r}")
+        raise ValueError(f"intensity.scale must be 'auto' or a positive factor, got {value!r}")
     if not (math.isfinite(factor) and factor > 0):
-        raise ValueError(f"intensity_scale must be 'auto' or a positive finite factor, got {value!r}")
+        raise ValueError(f"intensity.scale must be 'auto' or a positive finite factor, got {value!r}")
     return factor
 
 
@@ -168,7 +168,7 @@ class IntensityNormalizer:
     def __init__(self, field: str = "intensity", scale: str | float = "auto",
                  convention: InputConvention | None = None, auto_frames: int = 10) -> None:
         if field not in INTENSITY_FIELDS:
-            raise ValueError(f"intensity_field must be one of {list(INTENSITY_FIELDS)}, got {field!r}")
+            raise ValueError(f"intensity.field must be one of {list(INTENSITY_FIELDS)}, got {field!r}")
         if isinstance(auto_frames, bool) or not isinstance(auto_frames, int) or auto_frames < 1:
             raise ValueError(f"auto_frames must be an integer >= 1, got {auto_frames!r}")
         self.field = field
@@ -209,7 +209,7 @@ class IntensityNormalizer:
         model = (f"model range 0..{self.intensity_max:g}, fill {self.intensity_fill:g}"
                  f" ({self.convention_source})")
         if self.field == "none":
-            return f"intensity: none (intensity_field none): every point gets the fill value; {model}"
+            return f"intensity: none (intensity.field none): every point gets the fill value; {model}"
         head = f"intensity: '{self.field}' {_type_name(self._datatype)}"
         if self.explicit is not None:
             text = f"{head} x {self.explicit:.6g} (explicit)"
@@ -256,7 +256,7 @@ class IntensityNormalizer:
         if datatype is None:
             col[:] = self.intensity_fill
             others = [n for n in ("intensity", "reflectivity") if n != self.field and n in field_names]
-            advice = f"set intensity_field: {others[0]} or none" if others else "set intensity_field: none"
+            advice = f"set intensity.field: {others[0]} or none" if others else "set intensity.field: none"
             return [IntensityEvent(
                 EVENT_FIELD_MISSING, "warn",
                 f"cloud has no '{self.field}' field (fields: {', '.join(field_names)}): every point gets"
@@ -315,7 +315,7 @@ class IntensityNormalizer:
         self._hint = ""
         if self.field == "intensity" and self._scale == "16bit" and "reflectivity" in field_names:
             self._hint = ("the cloud also has 'reflectivity': this 'intensity' is probably Ouster's signal"
-                          " (photon counts, range-dependent), set intensity_field: reflectivity")
+                          " (photon counts, range-dependent), set intensity.field: reflectivity")
 
     def _scale_column(self, col: np.ndarray) -> None:
         """x factor, clip to 0..1, x intensity_max, NaN -> fill; in place."""
