@@ -7,6 +7,7 @@ import pytest
 import torch
 from model_fixtures import camera, random_frame, tiny_config
 
+from xkd_core.config import ConfigError
 from xkd_core.data.collate import collate, prepare_sample
 from xkd_core.inference import Segmenter
 from xkd_core.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -177,7 +178,7 @@ def test_cuda_requested_without_cuda_is_refused():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
     model = _model(use_camera=False)
-    with pytest.raises(RuntimeError, match="CUDA is not available"):
+    with pytest.raises(ConfigError, match="no CUDA GPU is available"):
         Segmenter.from_model(model, model.cfg, None, device="cuda")
 
 

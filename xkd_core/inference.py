@@ -17,6 +17,7 @@ import torch
 
 from xkd_core.data.collate import Sample, collate, prepare_sample
 from xkd_core.data.frame import CameraView, Frame
+from xkd_core.device import resolve_device
 from xkd_core.models.checkpoint import (
     InputConvention,
     input_convention_from_checkpoint,
@@ -36,13 +37,6 @@ class SegmentResult:
     timings: dict[str, float] = field(default_factory=dict)  # stage -> seconds, see `Segmenter.segment`
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(device)!r} requested but CUDA is not available")
-    return dev
-
-
 class Segmenter:
     """A model in eval mode on one device, with the pre- and post-processing around it."""
 
@@ -54,7 +48,7 @@ class Segmenter:
             raise ValueError(f"max_range must be > 0 (metres) or None, got {max_range}")
         if cfg.use_camera and fuse and image_hw is None:
             raise ValueError("fuse=True needs the network image size image_hw")
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.model = model.for_device(self.device).eval()
         self.cfg = cfg
         self.image_hw = None if image_hw is None else (int(image_hw[0]), int(image_hw[1]))
@@ -73,7 +67,7 @@ class Segmenter:
                         backend: Backend = "auto", fuse: bool = False, max_range: float | None = None,
                         stage_timing: bool = False) -> Segmenter:
         """Load a checkpoint written by `save_checkpoint`; errors name the file."""
-        dev = _resolve_device(device)
+        dev = resolve_device(device)
         ckpt = load_checkpoint(path, map_location="cpu")
         model, cfg, hw = model_from_loaded(ckpt, path, dev, backend=backend)
         return cls(model, cfg, hw, dev, fp16=fp16, fuse=fuse, max_range=max_range, stage_timing=stage_timing,

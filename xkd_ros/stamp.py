@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 from typing import Any, NamedTuple
 
-NS_PER_S = 1_000_000_000
+from xkd_core.units import NS_PER_S  # re-exported: the ROS glue imports it from here
 
 #: `StampGuard.check` verdicts. ACCEPTED, TIME_JUMP and FUTURE stamps are processed; the others dropped.
 ACCEPTED = "accepted"

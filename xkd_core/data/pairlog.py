@@ -43,6 +43,7 @@ from xkd_core.data.frame import CameraView, Frame
 from xkd_core.data.semantickitti import DataFormatError
 from xkd_core.geometry.projection import Pairs
 from xkd_core.log_throttle import LogThrottle
+from xkd_core.units import NS_PER_S
 
 logger = logging.getLogger(__name__)
 
@@ -291,7 +292,7 @@ class PairLogWriter:
         self.disk_budget_bytes = int(disk_budget_bytes)
         self.policy: Policy = policy
         self.every_n = int(every_n)
-        self.min_interval_ns = int(round(min_interval_s * 1e9))
+        self.min_interval_ns = int(round(min_interval_s * NS_PER_S))
         clean_stale_tmp(self.root, min_age_s=0.0)  # ours: the previous writer of this log died
         # Caller side (submit) and writer side each have their own lock and counters.
         self._submit_lock = threading.Lock()
