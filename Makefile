@@ -21,6 +21,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check xkd_core xkd_ros test bench experiments launch setup.py
+# Python 3.10 (Humble) API check: ruff (target py310) rejects newer syntax, vermin newer stdlib
+# modules/members. --eval-annotations: xkd_core.config evaluates dataclass annotations at run time.
+	$(BIN)/vermin --no-config-file --violations --no-tips -vvv --eval-annotations -t=3.10- \
+		xkd_core xkd_ros launch test bench experiments setup.py
 	$(BIN)/python -m pytest -q test
 
 bench: $(STAMP)

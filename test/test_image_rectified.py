@@ -309,3 +309,13 @@ def test_rclpy_stereo_camera_info():
     np.testing.assert_array_equal(model.R, R2)
     np.testing.assert_array_equal(model.K, P2[:, :3])
     np.testing.assert_allclose(model.t, np.linalg.solve(P2[:, :3], P2[:, 3]))
+
+
+def test_an_absurd_but_finite_fourth_column_of_p_is_refused():
+    """Found by hypothesis: P[2, 3] = 9e307 is finite, but the offset it gives overflows to inf."""
+    K = np.array([[300.0, 0.0, 160.0], [0.0, 290.0, 120.0], [0.0, 0.0, 1.0]])
+    P = np.array([[180.0, 0.0, 0.0, 0.0], [0.0, 174.0, 2.0, 0.0], [0.0, 0.0, 1.0, 8.98846567431158e307]])
+    info = im.to_rosbags_camera_info(rosbags_header(3, "camera", TYPESTORE), K, (240, 320), TYPESTORE, P=P)
+    with pytest.raises(im.CameraInfoError) as err:
+        im.camera_info_to_model(info, rectified=True)
+    assert err.value.reason == "bad_p"

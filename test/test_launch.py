@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import math
 from glob import glob
 from pathlib import Path
 
@@ -76,9 +77,12 @@ def test_launch_arguments_remaps_and_parameters_match_the_node(launch_tree: ast.
                 if c.args and isinstance(c.args[0], ast.Constant)}
     remaps = topic_remaps(launch_tree)
     # the topic arguments come from TOPIC_REMAPS
-    assert declared == {"params_file", "checkpoint", "use_camera", "use_rviz", "fastdds_profile"}
-    assert remaps == {name: getattr(DEFAULTS.topics, name)
-                      for name in ("cloud_in", "image_in", "camera_info_in", "cloud_out")}
+    assert declared == {"params_file", "checkpoint", "use_camera", "use_rviz", "fastdds_profile", "respawn",
+                        "respawn_delay"}
+    camera = DEFAULTS.cameras[DEFAULTS.camera_names[0]]  # the default camera, raw transport
+    assert camera.subscribed_topic == camera.image_topic
+    assert remaps == {"cloud_in": DEFAULTS.topics.cloud_in, "cloud_out": DEFAULTS.topics.cloud_out,
+                      "image_in": camera.image_topic, "camera_info_in": camera.camera_info_topic}
     node = launch_nodes(launch_tree)["segment_node"]
     params = kwarg(node, "parameters")
     overrides = next(e for e in params.elts if isinstance(e, ast.Dict))
@@ -130,16 +134,49 @@ def test_fastdds_profile_goes_to_the_variable_of_the_distro_s_fast_dds_unless_em
     assert getattr(env.args[0], "id", None) == "profile_env"
 
 
-def test_every_parameter_in_config_yaml_is_declared_by_the_node() -> None:
-    def names(tree: dict, prefix: str = "") -> set[str]:
-        out = set()
-        for key, value in tree.items():
-            out |= names(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key}
-        return out
+def launch_function(tree: ast.Module, name: str) -> object:
+    """A plain-Python function of the launch file (it may use `math`), compiled on its own: no `launch`."""
+    func = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    scope: dict = {"math": math}
+    exec(compile(ast.Module(body=[func], type_ignores=[]), str(LAUNCH), "exec"), scope)
+    return scope[name]
 
-    params = yaml.safe_load((REPO / "config" / "segment.yaml").read_text())
-    params = params["/segment_node"]["ros__parameters"]
-    assert names(params) == {s.name for s in param_specs()}
+
+def argument_defaults(tree: ast.Module) -> dict[str, str]:
+    return {ast.literal_eval(c.args[0]): ast.literal_eval(kwarg(c, "default_value"))
+            for c in calls(tree, "DeclareLaunchArgument")
+            if c.args and isinstance(c.args[0], ast.Constant)
+            and isinstance(kwarg(c, "default_value"), ast.Constant)}
+
+
+def test_segment_node_respawns_after_the_delay_argument_by_default(launch_tree: ast.Module) -> None:
+    defaults = argument_defaults(launch_tree)
+    assert defaults["respawn"] == "true"  # a vehicle node comes back by itself
+    delay_of = launch_function(launch_tree, "respawn_delay_seconds")
+    assert delay_of(defaults["respawn_delay"]) == 2.0
+    assert delay_of("0") == 0.0 and delay_of(" 0.5 ") == 0.5
+    for bad in ("abc", "", "-1", "nan", "inf", "1s"):
+        with pytest.raises(ValueError, match="respawn_delay: expected seconds"):
+            delay_of(bad)
+
+    node = launch_nodes(launch_tree)["segment_node"]
+    respawn = kwarg(node, "respawn")
+    assert respawn.func.id == "LaunchConfiguration" and ast.literal_eval(respawn.args[0]) == "respawn"
+    # launch_ros wants the delay as a float: the argument is performed in the context, then parsed
+    delay = kwarg(node, "respawn_delay")
+    assert delay.func.id == "respawn_delay_seconds"
+    (perform,) = delay.args
+    assert perform.func.attr == "perform" and [a.id for a in perform.args] == ["context"]
+    assert perform.func.value.func.id == "LaunchConfiguration"
+    assert ast.literal_eval(perform.func.value.args[0]) == "respawn_delay"
+    # ... so the node is made by the function an OpaqueFunction of the description calls with the context
+    maker = next(n for n in launch_tree.body if isinstance(n, ast.FunctionDef)
+                 and node in list(ast.walk(n)))
+    assert [a.arg for a in maker.args.args] == ["context"]
+    (opaque,) = calls(launch_tree, "OpaqueFunction")
+    assert getattr(kwarg(opaque, "function"), "id", None) == maker.name
+    rviz = launch_nodes(launch_tree)["rviz2"]
+    assert kwarg(rviz, "respawn") is None  # a viewer closed on purpose stays closed
 
 
 def test_rviz_shows_the_labeled_cloud_by_its_rgb_field_with_matching_qos() -> None:
@@ -174,6 +211,20 @@ def test_launch_description_builds_with_launch_ros() -> None:
     spec.loader.exec_module(module)
     ld = module.generate_launch_description()
     assert isinstance(ld, LaunchDescription)
-    args = {e.name for e in ld.entities if isinstance(e, DeclareLaunchArgument)}
-    assert {"params_file", "checkpoint", "use_camera", "use_rviz", "fastdds_profile", "cloud_in", "image_in",
-            "camera_info_in", "cloud_out"} <= args
+    args = [e for e in ld.entities if isinstance(e, DeclareLaunchArgument)]
+    assert {"params_file", "checkpoint", "use_camera", "use_rviz", "fastdds_profile", "respawn",
+            "respawn_delay", "cloud_in", "image_in", "camera_info_in", "cloud_out"} <= {a.name for a in args}
+    from launch.actions import OpaqueFunction
+    from launch_ros.actions import Node
+
+    from launch import LaunchContext
+
+    (opaque,) = [e for e in ld.entities if isinstance(e, OpaqueFunction)]
+    context = LaunchContext()
+    for arg in args:
+        arg.visit(context)  # the defaults
+    (node,) = opaque.execute(context)
+    assert isinstance(node, Node)
+    context.launch_configurations["respawn_delay"] = "soon"
+    with pytest.raises(ValueError, match="respawn_delay"):
+        opaque.execute(context)

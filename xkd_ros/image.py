@@ -577,8 +577,12 @@ def camera_info_to_model(info: Any, rectified: bool = False) -> CameraModel:
         check_projection(P, K, (height, width))
         R = _rectification(info)
         Kp = P[:, :3].copy()
-        return CameraModel(K=Kp, hw=(height, width), distortion_model=model, D=D, rectified=True, R=R,
-                           t=np.linalg.solve(Kp, P[:, 3]))
+        with np.errstate(over="ignore", invalid="ignore"):
+            t = np.linalg.solve(Kp, P[:, 3])
+        if not np.isfinite(t).all():  # a finite but absurd 4th column (e.g. 9e307) overflows
+            raise CameraInfoError("bad_p", "CameraInfo.p's 4th column gives no finite offset: "
+                                           f"{P[:, 3].tolist()}")
+        return CameraModel(K=Kp, hw=(height, width), distortion_model=model, D=D, rectified=True, R=R, t=t)
     if D.any():
         counts = DISTORTION_MODELS.get(model)
         if counts is None:

@@ -351,8 +351,14 @@ class SegmentNode(Node):
         self.pipeline.close()
 
 
+#: Exit status when start-up is refused for a configuration error (sysexits' EX_CONFIG): the systemd
+#: unit does not restart on it, since a wrong parameter or a missing checkpoint stays wrong.
+EXIT_CONFIG = 78
+
+
 def main(args: list[str] | None = None) -> int:
-    """Console script `segment_node`: exit 0 on SIGINT/SIGTERM, 1 when start-up is refused."""
+    """Console script `segment_node`: exit 0 on SIGINT/SIGTERM, `EXIT_CONFIG` (78) when start-up is
+    refused for a configuration error, 1 on any other failure."""
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.ALL)
     node = None
     try:
@@ -360,7 +366,7 @@ def main(args: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"segment_node: refusing to start: {exc}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()
-        return 1
+        return EXIT_CONFIG
     except Exception as exc:  # noqa: BLE001 - e.g. a corrupt checkpoint: say so in one line, exit non-zero
         print(f"segment_node: failed to start: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()
