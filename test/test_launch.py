@@ -196,7 +196,8 @@ def test_rviz_shows_the_labeled_cloud_by_its_rgb_field_with_matching_qos() -> No
     assert cloud["Topic"]["Durability Policy"] == {"volatile": "Volatile",
                                                    "transient_local": "Transient Local"}[out.durability]
     image = displays["rviz_default_plugins/Image"]
-    assert image["Topic"]["Value"] == DEFAULTS.topics.overlay_out
+    # the overlay of the default camera: <topics.overlay_out>/<camera name>
+    assert image["Topic"]["Value"] == f"{DEFAULTS.topics.overlay_out}/{DEFAULTS.camera_names[0]}"
     assert image["Topic"]["Reliability Policy"] == cloud["Topic"]["Reliability Policy"]
 
 
