@@ -24,7 +24,10 @@ from typing import Any
 from bench.common import REPO, RESULTS
 from experiments.kd_vs_baseline import fmt, paired_vs_baseline
 
-DOCS = (REPO / "README.md", REPO / "docs" / "results.md", REPO / "docs" / "performance.md")
+DOCS = (REPO / "README.md", REPO / "docs" / "results.md", REPO / "docs" / "performance.md",
+        REPO / "docs" / "training.md")
+#: Scans of SemanticKITTI's official train split (sequences 00-07, 09, 10).
+SEMANTICKITTI_TRAIN_SCANS = 19_130
 #: The experiment results docs/results.md and the README present as the current state (section_camera_gain).
 CAMERA_GAIN = "camera_gain.json"
 STAGES = ("decode", "preprocess", "voxelize", "forward_3d", "gather", "encode", "overlay")
@@ -215,6 +218,22 @@ def section_train(results: Path) -> str:
                                       "scans/s", "s/step", "peak RSS", "CUDA peak", "steps"], rows)
         out.append(block + _skipped(data))
     return "\n\n".join(out)
+
+
+def section_train_semantickitti(results: Path) -> str:
+    """The full-size presets on the GPU: what one epoch of SemanticKITTI costs, as measured."""
+    data = _load(results, "train_cuda.json")
+    rows = [r for r in (data or {}).get("rows", []) if r["preset"] == "semantickitti"]
+    if not rows:
+        return "Not measured yet (`python -m bench.bench_train --device cuda`)."
+    table = [[r["config"], r["batch_size"], r["amp"], r["params_M"], _num(r["scans_per_s"]),
+              _num(SEMANTICKITTI_TRAIN_SCANS / r["scans_per_s"] / 60.0, " min"),
+              _num(r.get("cuda_max_memory_mb"), " MB")] for r in rows]
+    return (f"Measured with `{data['command']}` ({_machine(data)}, {data.get('date', '?')}) on synthetic "
+            f"scans of full size; one epoch = the {SEMANTICKITTI_TRAIN_SCANS:,} scans of the official "
+            f"train split at that rate (data loading included in the measurement, validation not).\n\n"
+            + _table(["model", "batch / GPU", "amp", "params (M)", "scans/s", "one epoch",
+                      "GPU memory (peak)"], table))
 
 
 def _stage_row(data: dict[str, Any] | None, points: int) -> list[dict[str, Any]]:
@@ -459,6 +478,7 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
     "train": section_train, "targets": section_targets, "ab": section_ab, "transport": section_transport,
     "camera_gain": section_camera_gain, "camera_gain_summary": section_camera_gain_summary,
     "demo": section_demo, "gpu": section_gpu, "dds": section_dds,
+    "train_semantickitti": section_train_semantickitti,
 }
 
 
