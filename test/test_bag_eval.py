@@ -1,8 +1,13 @@
-"""xkd-bag-eval: scoring with known predictions, the offline and live replays, the labeled output bag."""
+"""xkd-bag-eval: scoring with known predictions, the offline and live replays, the labeled output bag.
+
+(Several cameras, bags recorded by others, a camera without TF: test_bag_cameras.py.)
+"""
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +22,8 @@ from xkd_core.classes import CLASS_NAMES
 from xkd_core.config import ConfigError
 from xkd_core.inference import Segmenter
 from xkd_ros import bag_io
-from xkd_ros.bag_eval import inspect_bag, main, parse_param
-from xkd_ros.bag_io import POINTCLOUD2, TYPESTORE, BagFrame, read_bag_frames
+from xkd_ros.bag_eval import main, parse_param
+from xkd_ros.bag_io import POINTCLOUD2, TYPESTORE, BagFrame, inspect_bag, read_bag_frames
 from xkd_ros.bag_replay import bag_messages
 from xkd_ros.kitti2bag import convert_sequence
 from xkd_ros.pointcloud import cloud_field, cloud_to_xyzi, labeled_cloud_array, to_rosbags_cloud
@@ -74,10 +79,10 @@ def labeled_messages(path: Path, topic: str = "/xkd/labeled_cloud") -> list:
 
 # --------------------------------------------------------------------------- scoring with known predictions
 def test_perfect_predictor_scores_100(bag: Path) -> None:
-    setup = inspect_bag(bag, camera=2)
+    (camera,) = inspect_bag(bag).cameras
     frames = list(read_bag_frames(bag, cameras=[]))
     outputs = [NodeOutput(f.stamp_ns, serialized_cloud(f.stamp_ns, f.points, f.labels), 0.01) for f in frames]
-    scorer = ReplayScorer(frustum=setup.geometry)
+    scorer = ReplayScorer(frustum=[camera.geometry])
     scorer.consume(merge_by_stamp(frames, outputs))
     report = scorer.report()
     assert report["frames"]["scored"] == N_SCANS and report["frames"]["dropped"] == 0
@@ -111,7 +116,7 @@ def test_known_wrong_predictor_gives_hand_computed_iou() -> None:
     outputs = [NodeOutput(1_000, serialized_cloud(1_000, frame.points, pred), 0.020),
                NodeOutput(3_000, serialized_cloud(3_000, frame.points[::-1], pred), 0.030),
                NodeOutput(4_000, serialized_cloud(4_000, frame.points, pred), 0.040)]
-    scorer = ReplayScorer(frustum=(K, T, (100, 100)))
+    scorer = ReplayScorer(frustum=[(K, T, (100, 100))])
     scorer.consume(merge_by_stamp([frame, dropped, shuffled], outputs))
     r = scorer.report()
     # road: TP 2, FN 2 (predicted car), FP 0 (the unlabelled point predicted road does not count) -> 50 %
@@ -128,6 +133,10 @@ def test_known_wrong_predictor_gives_hand_computed_iou() -> None:
     f = r["frames"]
     counts = (f["scans"], f["scored"], f["dropped"], f["mismatched"], f["unexpected_outputs"])
     assert counts == (3, 1, 1, 1, 1)
+    assert f["drop_rate"] == pytest.approx(1 / 3, abs=1e-5)
+    # every point of the scored output, by predicted class
+    assert r["label_histogram"]["car"] == 6 and r["label_histogram"]["road"] == 3
+    assert r["label_histogram"]["sidewalk"] == 1 and sum(r["label_histogram"].values()) == 10
     assert r["dropped_stamps_ns"] == [2_000]
     assert "stamp 3000" in r["mismatch_reason"]
     assert r["latency_ms"]["samples"] == 1 and r["latency_ms"]["p99"] == pytest.approx(20.0)
@@ -146,7 +155,8 @@ def test_bag_messages_play_camera_before_cloud_of_equal_stamp(bag: Path) -> None
     assert [m.log_ns for m in msgs] == sorted(m.log_ns for m in msgs)
     first_stamp = [m for m in msgs if m.log_ns == msgs[0].log_ns]
     order = [m.topic for m in first_stamp]
-    topics = (bag_io.info_topic(2), bag_io.image_topic(2), bag_io.SCAN_TOPIC)
+    image_topic, info_topic = bag_io.camera_topics("image_2")
+    topics = (info_topic, image_topic, bag_io.SCAN_TOPIC)
     info, image, scan = (order.index(t) for t in topics)
     assert info < image < scan
 
@@ -158,7 +168,7 @@ def test_offline_report_pictures_and_labeled_bag(bag: Path, checkpoint: Path, tm
                str(labeled), "--param", "device:=cpu", "--no-progress"])
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
-    assert report["schema"] == "xkd.bag_eval/1" and report["mode"] == "offline"
+    assert report["schema"] == "xkd.bag_eval/2" and report["mode"] == "offline"
     assert report["frames"]["scored"] == N_SCANS and report["frames"]["dropped"] == 0
     for key in ("full", "frustum"):
         assert 0.0 <= report["miou"][key] <= 100.0
@@ -166,7 +176,10 @@ def test_offline_report_pictures_and_labeled_bag(bag: Path, checkpoint: Path, tm
     assert report["latency_ms"]["samples"] == N_SCANS and report["latency_ms"]["p50"] > 0
     assert report["latency_ms"]["p50"] <= report["latency_ms"]["p90"] <= report["latency_ms"]["p99"]
     assert report["node_diagnostics"]["frames_out"] == str(N_SCANS)
-    assert report["node_diagnostics"]["sync.matched"] == str(N_SCANS)  # every scan got its image
+    camera = report["cameras"]["image_2"]
+    assert camera["counters"]["sync.matched"] == str(N_SCANS)  # every scan got its image
+    assert (camera["frames_used"], camera["decode_failures"], camera["tf_missing"]) == (N_SCANS, 0, 0)
+    assert report["node_parameters"]["cameras.names"] == ["image_2"]
     assert len(report["per_frame"]) == N_SCANS
     for name in ("latency_hist", "per_class_iou", "bev"):
         assert (out / report["files"][name]).read_bytes()[:8] == PNG_MAGIC
@@ -185,6 +198,19 @@ def test_offline_report_pictures_and_labeled_bag(bag: Path, checkpoint: Path, tm
         np.testing.assert_array_equal(cloud_field(msg, "label", np.uint16), seg.segment(frame.points).labels)
 
 
+def test_offline_replay_imports_no_ros(bag: Path, checkpoint: Path, tmp_path: Path) -> None:
+    """The offline mode is the pipeline with rosbags messages: it runs where no ROS is installed."""
+    code = ("import sys\nfrom xkd_ros.bag_eval import main\n"
+            f"rc = main(['--bag', {str(bag)!r}, '--out', {str(tmp_path / 'e')!r}, '--checkpoint', "
+            f"{str(checkpoint)!r}, '--param', 'device:=cpu', '--no-progress'])\n"
+            "ros = sorted(m for m in sys.modules\n"
+            "             if m.split('.')[0] in ('rclpy', 'rcl_interfaces', 'sensor_msgs'))\n"
+            "print('ROS MODULES', ros)\nsys.exit(rc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "ROS MODULES []" in done.stdout
+
+
 def test_bad_input_is_refused_with_a_clear_message(bag: Path, checkpoint: Path, tmp_path: Path,
                                                    capsys) -> None:
     args = ["--out", str(tmp_path / "e"), "--checkpoint", str(checkpoint), "--no-progress"]
@@ -195,7 +221,13 @@ def test_bad_input_is_refused_with_a_clear_message(bag: Path, checkpoint: Path, 
     assert main(["--bag", str(bag), *args, "--rate-scale", "0"]) == 2
     assert "--rate-scale" in capsys.readouterr().err
     assert main(["--bag", str(bag), *args, "--camera", "3"]) == 2
-    assert "camera 3" in capsys.readouterr().err
+    assert "no camera ['image_3']" in capsys.readouterr().err
+    assert main(["--bag", str(bag), *args, "--cloud-topic", "/points"]) == 2
+    assert "/points is absent" in capsys.readouterr().err
+    assert main(["--bag", str(bag), *args, "--gt-topic", "/labels"]) == 2
+    assert "ground-truth topic /labels is absent" in capsys.readouterr().err
+    assert main(["--bag", str(bag), *args, "--param", "cameras.image_2.transport:=jpeg"]) == 2
+    assert "transport" in capsys.readouterr().err
     (tmp_path / "taken").mkdir()
     assert main(["--bag", str(bag), *args, "--write-bag", str(tmp_path / "taken")]) == 2
     assert "--write-bag" in capsys.readouterr().err
@@ -203,11 +235,20 @@ def test_bad_input_is_refused_with_a_clear_message(bag: Path, checkpoint: Path, 
         parse_param("device=cpu")
 
 
-def test_bag_without_ground_truth_is_refused(tmp_path: Path, checkpoint: Path, capsys) -> None:
-    write_tiny_sequence(tmp_path / "kitti", "11", n_frames=1, n_points=20, cameras=(2,), with_labels=False)
-    nogt = convert_sequence(tmp_path / "kitti", "11", tmp_path / "nogt", cameras=(2,), progress=False).bag
-    assert main(["--bag", str(nogt), "--out", str(tmp_path / "e"), "--checkpoint", str(checkpoint)]) == 2
-    assert "/xkd/ground_truth" in capsys.readouterr().err
+def test_bag_without_ground_truth_reports_what_it_can(tmp_path: Path, checkpoint: Path, capsys) -> None:
+    seq = write_tiny_sequence(tmp_path / "kitti", "11", n_frames=2, n_points=50, cameras=(2,),
+                              with_labels=False)
+    nogt = convert_sequence(tmp_path / "kitti", "11", tmp_path / "nogt", progress=False).bag
+    out = tmp_path / "e"
+    assert main(["--bag", str(nogt), "--out", str(out), "--checkpoint", str(checkpoint), "--param",
+                 "device:=cpu", "--no-progress"]) == 0
+    assert "no ground truth in the bag (no mIoU)" in capsys.readouterr().out
+    report = json.loads((out / "report.json").read_text())
+    assert report["ground_truth"] is False and report["miou"] == {"full": None, "frustum": None}
+    f = report["frames"]
+    assert (f["scans"], f["checked"], f["dropped"], f["without_ground_truth"], f["scored"]) == (2, 2, 0, 2, 0)
+    assert sum(report["label_histogram"].values()) == sum(len(p) for p in seq.points)
+    assert report["latency_ms"]["samples"] == 2 and report["cameras"]["image_2"]["frames_used"] == 2
 
 
 # --------------------------------------------------------------------------- live: the real node over DDS
@@ -231,6 +272,9 @@ def test_live_replay_scores_what_the_node_publishes(bag: Path, checkpoint: Path,
     lat = report["latency_ms"]
     assert lat["samples"] == f["scored"] and 0 < lat["p50"] <= lat["p99"]
     assert report["node"]["exit_code"] == 0  # stopped cleanly with SIGINT
+    camera = report["cameras"]["image_2"]  # the node's own per-camera figures, over DDS
+    assert camera["level"] == 0 and camera["decode_failures"] == 0 and camera["tf_missing"] == 0
+    assert 1 <= camera["frames_used"] <= f["checked"]
     assert 0.0 <= report["miou"]["full"] <= 100.0
     for name in ("latency_hist", "per_class_iou", "bev"):
         assert (out / report["files"][name]).read_bytes()[:8] == PNG_MAGIC

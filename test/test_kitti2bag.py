@@ -1,4 +1,7 @@
-"""xkd-kitti2bag and the bag reader: a tiny sequence goes into mcap / sqlite3 and comes out bit for bit."""
+"""xkd-kitti2bag and the bag reader: a tiny KITTI sequence goes into mcap / sqlite3 and comes out bit for bit.
+
+(The surround rig, compressed images and bags recorded by others: test_bag_cameras.py.)
+"""
 
 from __future__ import annotations
 
@@ -38,6 +41,8 @@ def sequence(tmp_path):
 def test_round_trip_is_bit_for_bit(sequence, tmp_path, storage):
     out = tmp_path / f"bag_{storage}"
     summary = convert_sequence(sequence.root, "08", out, storage=storage, rate=10.0, progress=False)
+    # default: every view the sequence has (image_2 and image_3 here)
+    assert summary.cameras == ["image_2", "image_3"]
     assert summary.frames == 3 and summary.messages == 1 + 3 * (2 + 2 * 2)
 
     frames = list(bag_io.read_bag_frames(out))
@@ -77,7 +82,7 @@ def test_bag_messages_and_metadata(sequence, tmp_path):
             seen.setdefault(conn.topic, []).append((stamp, msg))
     tf_stamp, tf_msg = seen["/tf_static"][0]
     (tf,) = tf_msg.transforms
-    assert (tf.header.frame_id, tf.child_frame_id) == ("velodyne", "camera_2")
+    assert (tf.header.frame_id, tf.child_frame_id) == ("velodyne", "image_2")  # frame id = view name
     np.testing.assert_allclose(np.linalg.inv(transform_msg_to_matrix(tf.transform)), T, atol=1e-12)
     stamp, scan = seen["/velodyne_points"][1]
     assert scan.header.frame_id == "velodyne" and bag_io.header_ns(scan.header) == stamp
@@ -89,10 +94,13 @@ def test_bag_messages_and_metadata(sequence, tmp_path):
     assert [(f.name, f.datatype) for f in gt.fields] == [("x", 7), ("y", 7), ("z", 7), ("label", 4)]
     np.testing.assert_array_equal(cloud_field(gt, "label"), to_learning(sequence.raw_semantic[1]))
     _, image = seen["/camera/image_2/image_raw"][1]
-    assert (image.encoding, image.header.frame_id, image.height, image.width) == ("rgb8", "camera_2", 24, 32)
+    assert (image.encoding, image.header.frame_id, image.height, image.width) == ("rgb8", "image_2", 24, 32)
     _, info = seen["/camera/image_2/camera_info"][1]
     np.testing.assert_array_equal(info.k.reshape(3, 3), K)
-    np.testing.assert_array_equal(info.p.reshape(3, 4), sequence.calib.P[2])
+    # each view is its own camera: P = [K | 0] (its position is in /tf_static), D = 0, R = I
+    np.testing.assert_array_equal(info.p.reshape(3, 4), np.c_[K, np.zeros(3)])
+    assert info.header.frame_id == "image_2" and not np.any(info.d)
+    assert meta["custom_data"] == {"xkd.lidar_to_camera.image_2": bag_io.format_matrix(T)}
     assert bag_io.header_ns(image.header) == bag_io.header_ns(info.header) == stamp
 
 
@@ -156,16 +164,33 @@ def test_reader_refuses_what_it_cannot_use(sequence, tmp_path):
         list(bag_io.read_bag_frames(tmp_path / "nope"))
     out = tmp_path / "bag"
     convert_sequence(sequence.root, "08", out, cameras=(2,), progress=False)
-    with pytest.raises(bag_io.BagFormatError, match=r"camera\(s\) \[3\]"):
+    with pytest.raises(bag_io.BagFormatError, match=r"no camera \['image_3'\].*found: \['image_2'\]"):
         list(bag_io.read_bag_frames(out, cameras=(3,)))
-    with pytest.raises(bag_io.BagFormatError, match="/points"):
+    with pytest.raises(bag_io.BagFormatError, match="/points is absent"):
         list(bag_io.read_bag_frames(out, cloud_topic="/points"))
-    # an exact extrinsics copy that disagrees with /tf_static is caught, not silently preferred
+    with pytest.raises(bag_io.BagFormatError, match="ground-truth topic /labels is absent"):
+        bag_io.inspect_bag(out, gt_topic="/labels", require_gt=True)
+
+
+def test_exact_extrinsics_copy_is_used_only_when_it_agrees(sequence, tmp_path):
+    out = tmp_path / "bag"
+    convert_sequence(sequence.root, "08", out, cameras=(2,), progress=False)
+    K, T = sequence.calib.camera(2)
+    (cam,) = bag_io.inspect_bag(out).cameras
+    assert cam.extrinsics == "custom_data"
+    np.testing.assert_array_equal(cam.T, T)  # bit for bit, which a quaternion could not carry
+    # an exact copy that disagrees with /tf_static is not silently preferred: /tf_static wins, and it is said
     meta_path = out / "metadata.yaml"
     meta = yaml.safe_load(meta_path.read_text())
-    T = bag_io.parse_matrix(meta["rosbag2_bagfile_information"]["custom_data"][bag_io.extrinsics_key(2)])
-    T[0, 3] += 0.01
-    meta["rosbag2_bagfile_information"]["custom_data"][bag_io.extrinsics_key(2)] = bag_io.format_matrix(T)
+    key = bag_io.extrinsics_key("image_2")
+    edited = bag_io.parse_matrix(meta["rosbag2_bagfile_information"]["custom_data"][key])
+    edited[0, 3] += 0.01
+    meta["rosbag2_bagfile_information"]["custom_data"][key] = bag_io.format_matrix(edited)
     meta_path.write_text(yaml.safe_dump(meta))
-    with pytest.raises(bag_io.BagFormatError, match="disagrees"):
-        list(bag_io.read_bag_frames(out))
+    layout = bag_io.inspect_bag(out)
+    (cam,) = layout.cameras
+    assert cam.extrinsics == "tf_static"
+    np.testing.assert_allclose(cam.T, T, atol=1e-12)
+    assert any("disagrees" in note and "image_2" in note for note in layout.notes)
+    (frame, *_) = bag_io.read_bag_frames(out)
+    np.testing.assert_allclose(frame.views[0].T, T, atol=1e-12)

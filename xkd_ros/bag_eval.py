@@ -1,40 +1,50 @@
-"""`xkd-bag-eval`: replay a rosbag2 through the segment node's pipeline and score it against ground truth.
+"""`xkd-bag-eval`: replay a rosbag2 through the segment node's pipeline and score what it publishes.
 
     xkd-bag-eval --bag BAG --out DIR [--checkpoint CKPT] [--live] [--fuse] [--rate-scale 1.0]
-                 [--write-bag OUT_BAG] [--camera 2] [--params-file config/segment.yaml]
-                 [--param NAME:=VALUE ...]
+                 [--cloud-topic TOPIC] [--camera NAME ...] [--gt-topic TOPIC]
+                 [--write-bag OUT_BAG] [--params-file config/segment.yaml] [--param NAME:=VALUE ...]
 
-Both modes run the real `SegmentNode` with the node's own parameters (`config/segment.yaml`, plus
-the topics and LiDAR -> camera extrinsics read from the bag, plus `--checkpoint` / `--fuse` /
-`--param`, written to `DIR/node_params.yaml`), so conversions, synchronization policy and model are
-exactly what runs on the vehicle:
+Any bag works, not only xkd's own (`xkd_ros.bag_io.inspect_bag` finds the cloud topic, every camera
+by its topic types, the LiDAR -> camera extrinsics through `/tf_static`, and the ground truth). The
+node's parameters are the params file's, with what the bag says on top -- the cloud topic,
+`cameras.names`, per camera its image topic, transport (raw / compressed), camera_info topic,
+`rectified`, and `lidar_to_camera` where `/tf_static` connects the camera to the LiDAR (a camera it
+does not connect gets none: the node skips it and reports it, as on a vehicle) -- then
+`--checkpoint`, `--fuse` and `--param`. All of it is written to `DIR/node_params.yaml`.
 
-- offline (default): the node is built in this process and the bag's messages are handed to its
-  subscription callbacks one by one, each frame segmented before the next message, as fast as
-  the model allows. Nothing is published on the network; latency is callback-in to labeled
-  cloud out; a drop is a scan the node produced nothing for (bad input, no frame ever skipped for
-  being late).
-- `--live`: `segment_node` runs as a child process; the bag is published with rclpy at its
-  recorded rate (times `--rate-scale`), the labeled clouds and `/diagnostics` the node publishes
-  are collected over real DDS. Latency is receive time minus publish time of the scan (one
-  monotonic clock); drops include frames the node skipped because it was still busy.
+- offline (default): the node's `FramePipeline` (`xkd_ros.pipeline`) is built in this process from
+  those parameters (no rclpy), the bag's messages are deserialized with the rosbags typestore and
+  handed to it in log-time order, and each frame `on_cloud` returns is processed at once, as fast
+  as the model allows. The pipeline's TF lookup is the bag's static transform tree. Latency is
+  callback-in to labeled cloud out; a drop is a scan the pipeline produced nothing for (bad input;
+  no frame is ever skipped for being late).
+- `--live`: `segment_node` runs as a child process; every topic of the bag (each camera raw or
+  compressed) is published with rclpy at its recorded rate (times `--rate-scale`), the labeled
+  clouds and `/diagnostics` the node publishes are collected over real DDS. Latency is receive
+  time minus publish time of the scan (one monotonic clock); drops include frames the node skipped
+  because it was still busy.
 
-Outputs are matched to `/xkd/ground_truth` by header stamp and scored on the full scan and on the
-camera frustum (`xkd_ros.replay_score`). `DIR` receives `report.json` (schema in docs/bag_eval.md),
-`latency_hist.png`, `per_class_iou.png`, `bev.png`, `node_params.yaml` and, live, `node.log`;
-`--write-bag` stores every labeled cloud the node published in a new bag.
+Outputs are paired with the bag's scans by header stamp and scored against the ground truth on the
+full scan and on the camera frustum (union of every camera's view; `xkd_ros.replay_score`). A bag
+without ground truth is replayed all the same: latency, rates, drops and the histogram of predicted
+labels, no mIoU. Per camera, the report gives the node's own figures (frames the camera was used
+in, decode failures, frames without extrinsics) from its diagnostics. `DIR` receives `report.json`
+(schema in docs/bag_eval.md), `latency_hist.png`, `label_histogram.png`, `bev.png`,
+`per_class_iou.png` (with ground truth), `node_params.yaml` and `node.log`; `--write-bag` stores
+every labeled cloud the node published in a new bag.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -46,35 +56,42 @@ from tqdm import tqdm
 
 from xkd_core.config import ConfigError, from_dict
 from xkd_core.evaluation.plots import plot_iou_bars
-from xkd_core.geometry.projection import ViewGeometry
 from xkd_ros.bag_io import (
     BAG_VERSION,
     GT_TOPIC,
     POINTCLOUD2,
-    SCAN_TOPIC,
     SENSOR_QOS,
     TYPESTORE,
     BagFormatError,
-    image_topic,
-    info_topic,
+    BagLayout,
+    inspect_bag,
     read_bag_frames,
 )
 from xkd_ros.bag_replay import (
-    BagMessage,
+    CAMERA_STATUS,
+    NODE_STATUS,
     BagPlayer,
-    BagTopics,
     OutputCollector,
     bag_messages,
-    bag_topics,
     cloud_stamp_ns,
 )
-from xkd_ros.node_process import NODE_NAME, NodeProcess, default_params_file, ros_args, write_overrides
-from xkd_ros.replay_plots import plot_bev, plot_latency_hist
+from xkd_ros.node_process import NODE_NAME, NodeProcess, write_overrides
+from xkd_ros.paths import default_params_file
+from xkd_ros.pipeline import ERROR, OK, FramePipeline, load_segmenter
+from xkd_ros.replay_plots import plot_bev, plot_label_histogram, plot_latency_hist
 from xkd_ros.replay_score import REPORT_SCHEMA, NodeOutput, ReplayScorer, merge_by_stamp
-from xkd_ros.stamp import header_ns
+from xkd_ros.segment_params import (
+    SegmentNodeConfig,
+    config_from_values,
+    params_file_values,
+    resolve_checkpoint,
+)
 
 DEFAULT_OUTPUT_TOPIC = "/xkd/labeled_cloud"
 STORAGES = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}
+#: The node's fully qualified name: the prefix of its diagnostic status names.
+NODE_FQN = f"/{NODE_NAME}"
+_LEVEL_NAMES = {OK: "INFO", ERROR: "ERROR"}  # anything else: WARN
 
 
 @dataclass
@@ -89,7 +106,9 @@ class BagEvalOptions:
     rate_scale: float = 1.0
     write_bag: str | None = None
     write_format: Literal["mcap", "sqlite3"] = "mcap"
-    camera: int = 2
+    cloud_topic: str | None = None  # None: /velodyne_points, or the bag's only other PointCloud2
+    camera: list[str] = field(default_factory=list)  # camera names to use; empty: every camera found
+    gt_topic: str | None = None  # None: /xkd/ground_truth when the bag has it (no ground truth otherwise)
     params_file: str = ""  # empty: config/segment.yaml
     param: list[str] = field(default_factory=list)  # NAME:=VALUE node parameter overrides
     output_topic: str = DEFAULT_OUTPUT_TOPIC
@@ -107,41 +126,6 @@ class BagEvalOptions:
             raise ConfigError(f"--camera-lead-ms must be >= 0, got {self.camera_lead_ms}")
 
 
-@dataclass
-class BagSetup:
-    """What the bag says about itself, read once before replaying it."""
-
-    topics: BagTopics
-    scans: int
-    camera: int | None  # the camera the node gets, None for a LiDAR-only bag
-    geometry: ViewGeometry | None  # (K, T, (H, W)) of that camera: node extrinsics and frustum
-
-
-def inspect_bag(bag: str | Path, camera: int) -> BagSetup:
-    """Topics, scan count and the calibration of `camera` (taken from the bag's first frame with it)."""
-    topics = bag_topics(bag)
-    if SCAN_TOPIC not in topics.types:
-        raise BagFormatError(f"bag {bag} has no {SCAN_TOPIC} topic (topics: {sorted(topics.types)})")
-    if GT_TOPIC not in topics.types:
-        raise BagFormatError(f"bag {bag} has no ground truth topic {GT_TOPIC}: nothing to score against")
-    has_cam = image_topic(camera) in topics.types and info_topic(camera) in topics.types
-    geometry = None
-    if has_cam:
-        for frame in read_bag_frames(bag, cameras=[camera]):
-            if frame.views:
-                v = frame.views[0]
-                geometry = (v.K, v.T, v.hw)
-                break
-        if geometry is None:
-            raise BagFormatError(f"bag {bag}: no scan of {SCAN_TOPIC} has an image of camera {camera}")
-    else:
-        cams = sorted(t for t in topics.types if t.endswith("/image_raw"))
-        if cams:
-            raise BagFormatError(f"bag {bag} has no image + camera_info of camera {camera} "
-                                 f"(image topics: {cams}); choose one with --camera")
-    return BagSetup(topics, topics.counts.get(SCAN_TOPIC, 0), camera if has_cam else None, geometry)
-
-
 def parse_param(text: str) -> tuple[str, Any]:
     """`NAME:=VALUE` -> (name, value typed as YAML, as `ros2 run ... -p` does)."""
     name, sep, value = text.partition(":=")
@@ -153,27 +137,51 @@ def parse_param(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--param {name}: cannot parse value {value!r}: {exc}") from exc
 
 
-def node_overrides(opts: BagEvalOptions, setup: BagSetup, offline: bool) -> dict[str, Any]:
-    """Node parameters that make the node read this bag (on top of the params file)."""
+def bag_parameters(opts: BagEvalOptions, layout: BagLayout, offline: bool) -> dict[str, Any]:
+    """The node parameters this bag and these options imply (flattened ROS names; module docstring)."""
     params: dict[str, Any] = {
         "checkpoint": opts.checkpoint,
         "fuse_camera": bool(opts.fuse),
-        "use_camera": setup.camera is not None,
-        "topics.cloud_in": SCAN_TOPIC,
+        "use_camera": bool(layout.cameras),
+        "topics.cloud_in": layout.cloud_topic,
         "topics.cloud_out": opts.output_topic,
     }
-    if setup.camera is not None and setup.geometry is not None:
-        params["topics.image_in"] = image_topic(setup.camera)
-        params["topics.camera_info_in"] = info_topic(setup.camera)
-        params["extrinsics.lidar_to_camera"] = [float(v) for v in np.asarray(setup.geometry[1]).reshape(-1)]
+    if layout.cameras:
+        params["cameras.names"] = [c.name for c in layout.cameras]
+        for cam in layout.cameras:
+            group = f"cameras.{cam.name}."
+            params[group + "image_topic"] = cam.base_topic
+            params[group + "camera_info_topic"] = cam.info_topic
+            params[group + "transport"] = cam.transport
+            params[group + "rectified"] = cam.rectified
+            if cam.T is not None:
+                params[group + "lidar_to_camera"] = [float(v) for v in np.asarray(cam.T).reshape(-1)]
     if offline:
         # in-process replay: nothing goes on the network, no pair log is written
         params["publish_overlay"] = False
         params["log_pairs"] = False
-    for text in opts.param:
-        name, value = parse_param(text)
-        params[name] = value
     return params
+
+
+def node_values(params_file: Path, layout: BagLayout, derived: dict[str, Any],
+                overrides: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter the node gets: the params file's, the bag's (`derived`) on top, then `--param`.
+
+    When the bag decides the cameras, the params file's camera groups of other cameras are left out
+    (they would name cameras the node is not given).
+    """
+    values = params_file_values([params_file])
+    if "cameras.names" in derived:
+        names = set(derived["cameras.names"])
+        values = {k: v for k, v in values.items()
+                  if not k.startswith("cameras.") or k.split(".")[1] in names}
+    values.update(derived)
+    values.update(overrides)
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _overrides(opts: BagEvalOptions) -> dict[str, Any]:
+    return dict(parse_param(text) for text in opts.param)
 
 
 class LabeledBagWriter:
@@ -199,155 +207,159 @@ class LabeledBagWriter:
         self.writer.close()
 
 
-class InProcessNode:
-    """The real `SegmentNode`, built in this process and fed directly (the offline replay).
+@dataclass
+class Replay:
+    """What a replay mode needs besides the options: the bag, the node's parameters, where results go."""
 
-    The node's worker thread is stopped right after start-up; each message goes to the node's own
-    subscription callback and the frame it hands to its worker is processed at once with the node's
-    own processing step, whose publications are captured instead of sent. Deterministic: every
-    frame is finished before the next message, so nothing is dropped for being late.
-    """
-
-    def __init__(self, params_files: list[Path]) -> None:
-        import rclpy
-        from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-
-        from xkd_ros.segment_node import SegmentNode
-
-        self.context = rclpy.Context()
-        rclpy.init(args=["xkd-bag-eval"], context=self.context)  # never sys.argv: no stray ROS args
-        node = None
-        try:
-            node = SegmentNode(context=self.context, cli_args=ros_args(params_files))
-            for name in ("_on_cloud", "_on_image", "_on_camera_info", "_process", "_publish_diagnostics",
-                         "slot", "cloud_pub", "diag_pub", "cfg", "close"):
-                if not hasattr(node, name):  # the node changed under this driver: fail loudly
-                    raise RuntimeError(f"SegmentNode has no {name!r}: update xkd_ros.bag_eval.InProcessNode")
-            node.close()  # stop the worker: frames are processed synchronously by `feed`
-        except BaseException:
-            if node is not None:
-                node.close()
-                node.destroy_node()
-            self.context.try_shutdown()
-            raise
-        self.node = node
-        self.outputs: list[NodeOutput] = []
-        self.diagnostics: dict[str, str] | None = None
-        self._received: dict[int, float] = {}
-        self.errors = 0
-        node.cloud_pub = _Capture(self._on_output)
-        node.diag_pub = _Capture(self._on_diagnostics)
-        topics = node.cfg.topics
-        self.routes = {topics.cloud_in: (PointCloud2, node._on_cloud)}
-        if node.cfg.use_camera:
-            self.routes[topics.image_in] = (Image, node._on_image)
-            self.routes[topics.camera_info_in] = (CameraInfo, node._on_camera_info)
-
-    def feed(self, message: BagMessage) -> list[NodeOutput]:
-        """Hand one bag message to the node; the labeled clouds this completes (usually 0 or 1)."""
-        from rclpy.serialization import deserialize_message
-
-        route = self.routes.get(message.topic)
-        if route is None:
-            return []
-        cls, callback = route
-        msg = deserialize_message(message.data, cls)
-        if message.topic == self.node.cfg.topics.cloud_in:
-            self._received[header_ns(msg.header)] = time.monotonic()
-        callback(msg)
-        start = len(self.outputs)
-        frame = self.node.slot.take(timeout=0)
-        if frame is not None:
-            try:
-                self.node._process(frame)
-            except Exception as exc:  # noqa: BLE001 - as the node's worker: one bad frame is skipped
-                self.errors += 1
-                self.node.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}")
-        return self.outputs[start:]
-
-    def _on_output(self, msg: Any) -> None:
-        from rclpy.serialization import serialize_message
-
-        t = time.monotonic()
-        stamp = header_ns(msg.header)
-        t_in = self._received.pop(stamp, t)
-        self.outputs.append(NodeOutput(stamp, serialize_message(msg), t - t_in))
-
-    def _on_diagnostics(self, msg: Any) -> None:
-        for status in msg.status:
-            values = {kv.key: kv.value for kv in status.values}
-            values["message"] = status.message
-            self.diagnostics = values
-
-    def final_diagnostics(self) -> dict[str, str] | None:
-        """The node's own diagnostics report at the end of the replay."""
-        self.node._publish_diagnostics()
-        return self.diagnostics
-
-    def close(self) -> None:
-        self.node.destroy_node()
-        self.context.try_shutdown()
+    layout: BagLayout
+    cfg: SegmentNodeConfig
+    values: dict[str, Any]  # every node parameter (written to node_params.yaml)
+    params_path: Path
+    rename: dict[str, str]  # bag topic -> topic the node subscribes (CompressedImage without /compressed)
+    scorer: ReplayScorer
+    writer: LabeledBagWriter | None
 
 
-class _Capture:
-    """Stands in for a publisher: hands each message to a callback."""
-
-    def __init__(self, callback: Any) -> None:
-        self.callback = callback
-
-    def publish(self, msg: Any) -> None:
-        self.callback(msg)
-
-
-def _score(bag: str, outputs: Iterator[NodeOutput], scorer: ReplayScorer,
-           writer: LabeledBagWriter | None) -> None:
-    """Pair the outputs with the bag's ground truth by stamp, score them, and write them out."""
+def _score(replay: Replay, outputs: Iterator[NodeOutput]) -> None:
+    """Pair the outputs with the bag's scans by stamp, score them, and write them out."""
     def written() -> Iterator[NodeOutput]:
         for out in outputs:
-            if writer is not None:
-                writer.write(out)
+            if replay.writer is not None:
+                replay.writer.write(out)
             yield out
 
-    scorer.consume(merge_by_stamp(read_bag_frames(bag, cameras=[]), written()))
+    frames = read_bag_frames(replay.layout.path, layout=dataclasses.replace(replay.layout, cameras=[]))
+    replay.scorer.consume(merge_by_stamp(frames, written()))
 
 
 def _progress(opts: BagEvalOptions, total: int, desc: str) -> tqdm:
     return tqdm(total=total, desc=desc, unit="scan", disable=not opts.progress, dynamic_ncols=True)
 
 
-def run_offline(opts: BagEvalOptions, setup: BagSetup, params_files: list[Path], scorer: ReplayScorer,
-                writer: LabeledBagWriter | None) -> dict[str, Any]:
-    """The in-process replay (module docstring); fills `scorer`, returns the mode's report fields."""
-    node = InProcessNode(params_files)
-    try:
-        topics = list(node.routes)
-        bar = _progress(opts, setup.scans, "bag-eval offline")
+def _status_dict(status: Any) -> dict[str, str]:
+    values = dict(status.values)
+    values["level"] = str(int(status.level))
+    values["message"] = status.message
+    return values
 
-        def outputs() -> Iterator[NodeOutput]:
-            for message in bag_messages(opts.bag, topics):
-                if message.topic == SCAN_TOPIC:
-                    bar.update(1)
-                yield from node.feed(message)
 
+def labeled_cloud_bytes(out: Any) -> bytes:
+    """A pipeline `FrameOutputs` as the serialized labeled PointCloud2 the node publishes."""
+    from xkd_ros.pointcloud import to_rosbags_cloud
+
+    msg = to_rosbags_cloud(out.header, out.labeled, TYPESTORE)
+    height, width = out.shape
+    if height > 1:  # organised in, organised out (row-major), as the node publishes it
+        msg.height, msg.width, msg.row_step = height, width, width * msg.point_step
+    return bytes(TYPESTORE.serialize_cdr(msg, POINTCLOUD2))
+
+
+class OfflineReplay:
+    """The node's `FramePipeline` in this process, fed the bag's messages one by one (module docstring)."""
+
+    def __init__(self, replay: Replay, log: Callable[[int, str], None]) -> None:
+        from xkd_core.device import resolve_device
+
+        cfg = replay.cfg
+        self.log = log
+        self.device = resolve_device(cfg.device).type
+        segmenter, checkpoint_name = load_segmenter(cfg, self.device, log)
+        self.pipeline = FramePipeline(cfg, segmenter, log, lookup=replay.layout.tf,
+                                      input_convention=getattr(segmenter, "input_convention", None),
+                                      checkpoint_name=checkpoint_name)
+        for line in self.pipeline.start_lines():
+            log(OK, line)
+        self.cloud_topic = cfg.topics.cloud_in
+        self.rename = replay.rename
+        self.routes: dict[str, tuple[str, Callable[[Any], None]]] = {}
+        for name, cam in self.pipeline.cameras.items():
+            self.routes[cam.cfg.subscribed_topic] = (
+                "callback_error.image", lambda msg, n=name: self.pipeline.on_image(n, msg))
+            self.routes[cam.cfg.camera_info_topic] = (
+                "callback_error.camera_info", lambda msg, n=name: self.pipeline.on_camera_info(n, msg))
+        self.errors = 0
+
+    def bag_topics(self) -> list[str]:
+        """The bag topics this replay reads."""
+        wanted = {self.cloud_topic, *self.routes}
+        back = {v: k for k, v in self.rename.items()}
+        return sorted(back.get(t, t) for t in wanted)
+
+    def feed(self, topic: str, msgtype: str, data: bytes) -> NodeOutput | None:
+        """Hand one bag message to the pipeline; the labeled cloud it completes, if any."""
+        topic = self.rename.get(topic, topic)
+        msg = TYPESTORE.deserialize_cdr(data, msgtype)
+        if topic != self.cloud_topic:
+            key, handler = self.routes[topic]
+            try:
+                handler(msg)
+            except Exception as exc:  # noqa: BLE001 - as the node's callbacks: one bad message is dropped
+                self.pipeline.report(key, f"unexpected {type(exc).__name__} on {topic}: {exc}", level=ERROR)
+            return None
+        received = time.monotonic()
         try:
-            _score(opts.bag, outputs(), scorer, writer)
+            frame = self.pipeline.on_cloud(msg, None, received)
+            out = None if frame is None else self.pipeline.process(frame)
+        except Exception as exc:  # noqa: BLE001 - as the node's worker: one bad frame is skipped
+            self.errors += 1
+            self.pipeline.report("skipped.inference_error", f"frame failed: {type(exc).__name__}: {exc}",
+                                 level=ERROR)
+            return None
+        if out is None:
+            return None
+        data = labeled_cloud_bytes(out)
+        latency = self.pipeline.frame_done(out)
+        return NodeOutput(frame.stamp_ns, data, latency, time.monotonic())
+
+    def statuses(self) -> dict[str, dict[str, str]]:
+        """The node's diagnostics report now, by status name after the node's prefix."""
+        prefix = f"{NODE_FQN}: "
+        return {s.name.removeprefix(prefix): _status_dict(s)
+                for s in self.pipeline.diagnostics(NODE_FQN, self.device)}
+
+    def close(self) -> None:
+        self.pipeline.close()
+
+
+def run_offline(opts: BagEvalOptions, replay: Replay) -> dict[str, Any]:
+    """The in-process replay (module docstring); fills the scorer, returns the mode's report fields."""
+    log_path = Path(opts.out) / "node.log"
+    with open(log_path, "w") as log_file:
+        def log(level: int, line: str) -> None:
+            log_file.write(f"[{_LEVEL_NAMES.get(level, 'WARN')}] {line}\n")
+
+        node = OfflineReplay(replay, log)
+        try:
+            bar = _progress(opts, replay.layout.scans, "bag-eval offline")
+
+            def outputs() -> Iterator[NodeOutput]:
+                for message in bag_messages(opts.bag, node.bag_topics()):
+                    if message.topic == node.cloud_topic:
+                        bar.update(1)
+                    out = node.feed(message.topic, message.msgtype, message.data)
+                    if out is not None:
+                        yield out
+
+            try:
+                _score(replay, outputs())
+            finally:
+                bar.close()
+            statuses = node.statuses()
         finally:
-            bar.close()
-        return {"node_diagnostics": node.final_diagnostics(), "inference_errors": node.errors,
-                "latency_definition": "node callback called -> labeled cloud published (in process)"}
-    finally:
-        node.close()
+            node.close()
+    return {"statuses": statuses, "inference_errors": node.errors,
+            "latency_definition": "cloud handed to the pipeline -> labeled cloud serialized (in process)"}
 
 
 _END = object()
 
 
-def run_live(opts: BagEvalOptions, setup: BagSetup, params_files: list[Path], scorer: ReplayScorer,
-             writer: LabeledBagWriter | None) -> dict[str, Any]:
+def run_live(opts: BagEvalOptions, replay: Replay) -> dict[str, Any]:
     """The live replay over DDS with `segment_node` as a child process (module docstring)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
 
+    layout, scorer, cfg = replay.layout, replay.scorer, replay.cfg
     out_dir = Path(opts.out)
     context = rclpy.Context()
     rclpy.init(args=["xkd-bag-eval"], context=context)
@@ -357,8 +369,13 @@ def run_live(opts: BagEvalOptions, setup: BagSetup, params_files: list[Path], sc
     spin = threading.Thread(target=executor.spin, name="xkd-bag-eval-spin", daemon=True)
     published: dict[int, float] = {}
     collector = OutputCollector(node, opts.output_topic, NODE_NAME)
-    player = BagPlayer(node, opts.bag, setup.topics, SCAN_TOPIC, opts.rate_scale, skip=[GT_TOPIC],
-                       on_cloud=published.__setitem__, camera_lead_s=opts.camera_lead_ms * 1e-3)
+    skip = [layout.gt_topic] if layout.gt_topic else []
+    player = BagPlayer(node, opts.bag, layout.topics, layout.cloud_topic, opts.rate_scale, skip=skip,
+                       on_cloud=published.__setitem__, camera_lead_s=opts.camera_lead_ms * 1e-3,
+                       rename=replay.rename)
+    back = {v: k for k, v in replay.rename.items()}
+    camera_topics = [back.get(c.subscribed_topic, c.subscribed_topic)
+                     for c in cfg.cameras.values()] if cfg.use_camera else []
     failure: list[BaseException] = []
 
     def outputs() -> Iterator[NodeOutput]:
@@ -372,26 +389,26 @@ def run_live(opts: BagEvalOptions, setup: BagSetup, params_files: list[Path], sc
                 scorer.counts["undecodable_outputs"] += 1
                 continue
             t_pub = published.get(stamp)
-            yield NodeOutput(stamp, item.data, float("nan") if t_pub is None else item.t - t_pub)
+            yield NodeOutput(stamp, item.data, float("nan") if t_pub is None else item.t - t_pub, item.t)
 
     def score() -> None:
         try:
-            _score(opts.bag, outputs(), scorer, writer)
+            _score(replay, outputs())
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             failure.append(exc)
 
     scoring = threading.Thread(target=score, name="xkd-bag-eval-score", daemon=True)
     proc: NodeProcess | None = None
-    bar = _progress(opts, setup.scans, "bag-eval live")
+    bar = _progress(opts, layout.scans, "bag-eval live")
     try:
         spin.start()
-        proc = NodeProcess(params_files, out_dir / "node.log")  # main thread: see NodeProcess
+        proc = NodeProcess([replay.params_path], out_dir / "node.log")  # main thread: see NodeProcess
 
         def ready() -> bool:
-            subscribed = player.subscriptions(SCAN_TOPIC) > 0
-            if setup.camera is not None:
-                subscribed = subscribed and player.subscriptions(image_topic(setup.camera)) > 0
-            return subscribed and collector.cloud_sub.get_publisher_count() > 0
+            # Node.count_publishers: Humble's rclpy has it (Subscription.get_publisher_count came later)
+            return (player.subscriptions(layout.cloud_topic) > 0
+                    and all(player.subscriptions(t) > 0 for t in camera_topics if t in player.publishers)
+                    and node.count_publishers(opts.output_topic) > 0)
 
         t0 = time.monotonic()
         proc.wait_until(ready, opts.startup_timeout, "subscribing to the bag's topics")
@@ -417,12 +434,12 @@ def run_live(opts: BagEvalOptions, setup: BagSetup, params_files: list[Path], sc
                 break
             time.sleep(0.05)
         t_mark = time.monotonic()  # one more diagnostics report, covering every frame
-        period = _diagnostics_period(params_files)
+        period = float(replay.values.get("diagnostics.period", 1.0))
         while proc.alive() and (collector.diagnostics_t or 0.0) <= t_mark:
             if time.monotonic() - t_mark > 3 * period + 2.0:
                 break
             time.sleep(0.05)
-        diagnostics = collector.diagnostics
+        statuses = dict(collector.statuses)
     finally:
         bar.close()
         player.stop()
@@ -436,8 +453,9 @@ def run_live(opts: BagEvalOptions, setup: BagSetup, params_files: list[Path], sc
         spin.join(timeout=5.0)
     if failure:
         raise failure[0]
+    diagnostics = statuses.get(NODE_STATUS)
     return {
-        "node_diagnostics": diagnostics,
+        "statuses": statuses,
         "latency_definition": "labeled cloud received - scan published (rclpy, one monotonic clock)",
         "player": {
             "messages_published": player.published,
@@ -446,8 +464,9 @@ def run_live(opts: BagEvalOptions, setup: BagSetup, params_files: list[Path], sc
             "camera_lead_ms": opts.camera_lead_ms,
             "max_lag_ms": round(1e3 * player.max_lag_s, 3),
             "not_played": player.not_played,
+            "renamed": dict(replay.rename),
         },
-        "node": {"startup_s": round(startup_s, 3), "exit_code": exit_code, "log": "node.log",
+        "node": {"startup_s": round(startup_s, 3), "exit_code": exit_code,
                  "command": " ".join(proc.command) if proc is not None else None},
     }
 
@@ -459,42 +478,79 @@ def _int_or_none(text: str | None) -> int | None:
         return None
 
 
-def _diagnostics_period(params_files: list[Path]) -> float:
-    """The node's `diagnostics_period` from the params files (last one wins), default 1 s."""
-    period = 1.0
-    for p in params_files:
-        try:
-            tree = yaml.safe_load(Path(p).read_text()) or {}
-            value = tree.get(f"/{NODE_NAME}", {}).get("ros__parameters", {}).get("diagnostics_period")
-        except (OSError, yaml.YAMLError, AttributeError):
-            continue
-        if isinstance(value, (int, float)):
-            period = float(value)
-    return period
+def camera_figures(replay: Replay, statuses: dict[str, dict[str, str]]) -> dict[str, dict[str, Any]]:
+    """Per camera of the bag: what the bag holds and the node's own figures (its diagnostics status).
+
+    `frames_used`: frames segmented with the camera's image; `decode_failures`: its images the node
+    could not decode (`image_format.*`); `tf_missing`: frames it was left out of for want of
+    extrinsics (`tf_missing`: TF had no transform; `no_extrinsics`: neither the parameter nor TF);
+    `camera_info_problems`: `camera_info.*`. None where the node reported no status for it.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for cam in replay.layout.cameras:
+        values = statuses.get(f"{CAMERA_STATUS}{cam.name}")
+
+        def total(prefix: str, v: dict[str, str] | None = values) -> int | None:
+            if v is None:
+                return None
+            return sum(int(x) for k, x in v.items() if k.startswith(prefix) and x.lstrip("-").isdigit())
+
+        tf_missing = None if values is None else (total("tf_missing") or 0) + (total("no_extrinsics") or 0)
+        out[cam.name] = {
+            "image_topic": cam.image_topic,
+            "transport": cam.transport,
+            "rectified": cam.rectified,
+            "frame_id": cam.frame_id,
+            "images_in_bag": replay.layout.topics.counts.get(cam.image_topic, 0),
+            "bag_extrinsics": cam.extrinsics,
+            "bag_extrinsics_note": cam.extrinsics_note or None,
+            "in_frustum": cam.geometry is not None,
+            "node_extrinsics": None if values is None else values.get("extrinsics"),
+            "frames_used": None if values is None else int(values.get("used", 0)),
+            "decode_failures": total("image_format."),
+            "tf_missing": tf_missing,
+            "camera_info_problems": total("camera_info."),
+            "level": None if values is None else int(values.get("level", 0)),
+            "message": None if values is None else values.get("message"),
+            "counters": values,
+        }
+    return out
+
+
+def prepare(opts: BagEvalOptions) -> Replay:
+    """Read the bag, derive and validate the node's parameters, write them; refuse bad input early."""
+    resolve_checkpoint(opts.checkpoint)  # ConfigError naming the parameter if missing
+    layout = inspect_bag(opts.bag, opts.cloud_topic, opts.camera or None, opts.gt_topic or GT_TOPIC,
+                         require_gt=opts.gt_topic is not None)
+    params_file = Path(opts.params_file) if opts.params_file else default_params_file()
+    if not params_file.is_file():
+        raise ConfigError(f"--params-file: file not found: {params_file}")
+    derived = bag_parameters(opts, layout, offline=not opts.live)
+    values = node_values(params_file, layout, derived, _overrides(opts))
+    cfg = config_from_values(values)  # ConfigError naming the parameter
+    out_dir = Path(opts.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params_path = write_overrides(out_dir / "node_params.yaml", values)
+    rename = {c.image_topic: c.subscribed_topic for c in layout.cameras
+              if c.image_topic != c.subscribed_topic}
+    used = set(cfg.cameras) if cfg.use_camera else set()
+    frustum = [c.geometry for c in layout.cameras if c.geometry is not None and c.name in used]
+    scorer = ReplayScorer(frustum=frustum, bev_index=layout.scans // 2)
+    writer = None
+    if opts.write_bag:
+        writer = LabeledBagWriter(opts.write_bag, opts.write_format, opts.output_topic)
+    return Replay(layout, cfg, values, params_path, rename, scorer, writer)
 
 
 def evaluate(opts: BagEvalOptions) -> dict[str, Any]:
     """Run one evaluation and write everything under `opts.out`; returns the report."""
-    from xkd_ros.segment_params import resolve_checkpoint
-
     t_start = time.monotonic()
+    replay = prepare(opts)
+    layout, scorer, writer = replay.layout, replay.scorer, replay.writer
     out_dir = Path(opts.out)
-    checkpoint = resolve_checkpoint(opts.checkpoint)  # ConfigError naming the parameter if missing
-    setup = inspect_bag(opts.bag, opts.camera)
-    params_file = Path(opts.params_file) if opts.params_file else default_params_file()
-    if not params_file.is_file():
-        raise ConfigError(f"--params-file: file not found: {params_file}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    overrides = node_overrides(opts, setup, offline=not opts.live)
-    overrides_file = write_overrides(out_dir / "node_params.yaml", overrides)
-    params_files = [params_file, overrides_file]
-    scorer = ReplayScorer(frustum=setup.geometry, bev_index=setup.scans // 2)
-    writer = None
-    if opts.write_bag:
-        writer = LabeledBagWriter(opts.write_bag, opts.write_format, opts.output_topic)
     try:
         run = run_live if opts.live else run_offline
-        mode_fields = run(opts, setup, params_files, scorer, writer)
+        mode_fields = run(opts, replay)
     except BaseException:
         if writer is not None:  # no half-written bag left behind
             writer.close()
@@ -502,30 +558,41 @@ def evaluate(opts: BagEvalOptions) -> dict[str, Any]:
         raise
     if writer is not None:
         writer.close()
+    statuses = mode_fields.pop("statuses")
+    mode = "live" if opts.live else "offline"
     report: dict[str, Any] = {
         "schema": REPORT_SCHEMA,
-        "mode": "live" if opts.live else "offline",
-        "bag": str(Path(opts.bag).resolve()),
-        "checkpoint": str(checkpoint),
-        "fuse": bool(opts.fuse),
-        "camera": setup.camera,
+        "mode": mode,
+        "bag": str(layout.path.resolve()),
+        "checkpoint": str(resolve_checkpoint(replay.cfg.checkpoint)),
+        "fuse": bool(replay.cfg.fuse_camera),
         "rate_scale": opts.rate_scale if opts.live else None,
-        "params_files": [str(p) for p in params_files],
-        "node_parameters": overrides,
+        "cloud_topic": layout.cloud_topic,
+        "lidar_frame": layout.lidar_frame,
+        "gt_topic": layout.gt_topic,
+        "cameras_found": list(layout.found),
+        "bag_notes": list(layout.notes),
+        "params_file": str(Path(opts.params_file) if opts.params_file else default_params_file()),
+        "node_parameters": {**bag_parameters(opts, layout, offline=not opts.live), **_overrides(opts)},
     }
     report.update(scorer.report())
+    report["cameras"] = camera_figures(replay, statuses)
+    report["node_diagnostics"] = statuses.get(NODE_STATUS)
     report.update(mode_fields)
     files = {"report": "report.json", "latency_hist": "latency_hist.png",
-             "per_class_iou": "per_class_iou.png", "bev": "bev.png", "node_params": "node_params.yaml"}
+             "label_histogram": "label_histogram.png", "bev": "bev.png", "node_params": "node_params.yaml",
+             "node_log": "node.log"}
     plot_latency_hist(np.asarray(scorer.latencies_s) * 1e3, out_dir / files["latency_hist"],
-                      title=f"{report['mode']} replay latency")
-    ious = {"full scan": scorer.full.iou()}
-    if setup.geometry is not None:
-        ious["camera frustum"] = scorer.in_frustum.iou()
-    plot_iou_bars(ious, out_dir / files["per_class_iou"], title=f"per-class IoU, {report['mode']} replay")
+                      title=f"{mode} replay latency")
+    plot_label_histogram(scorer.label_histogram(), out_dir / files["label_histogram"],
+                         title=f"predicted labels, {mode} replay")
+    if scorer.has_ground_truth:
+        files["per_class_iou"] = "per_class_iou.png"
+        ious = {"full scan": scorer.full.iou()}
+        if scorer.frustum:
+            ious["camera frustum"] = scorer.in_frustum.iou()
+        plot_iou_bars(ious, out_dir / files["per_class_iou"], title=f"per-class IoU, {mode} replay")
     plot_bev(scorer.bev, out_dir / files["bev"], title=f"{Path(opts.bag).name},")
-    if opts.live:
-        files["node_log"] = "node.log"
     if writer is not None:
         files["labeled_bag"] = str(writer.path.resolve())
         report["labeled_bag_messages"] = writer.count
@@ -538,31 +605,55 @@ def evaluate(opts: BagEvalOptions) -> dict[str, Any]:
 def summary_lines(report: dict[str, Any], out_dir: str | Path) -> list[str]:
     """A short human summary of a report (printed by the CLI and the demo)."""
     def pct(v: float | None) -> str:
-        return "n/a" if v is None else f"{v:.2f}"
+        return "n/a" if v is None else f"{v:.2f} %"
 
     def ms(v: float | None) -> str:
         return "n/a" if v is None else f"{v:.1f} ms"
 
-    f, lat = report["frames"], report["latency_ms"]
+    def hz(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f} Hz"
+
+    f, lat, rates = report["frames"], report["latency_ms"], report["rates_hz"]
     player = report.get("player") or {}
     received, sent = player.get("scans_received_by_node"), player.get("scans_published")
     lost = ""
     if received is not None and sent is not None and received < sent:
         lost = f" ({sent - received} of them never reached the node)"
-    return [
-        f"mode {report['mode']}: {f['scored']}/{f['with_ground_truth']} scans scored, {f['dropped']} dropped"
-        + lost + (f", {f['mismatched']} mismatched" if f["mismatched"] else ""),
-        f"mIoU full scan {pct(report['miou']['full'])}, camera frustum {pct(report['miou']['frustum'])}",
-        f"latency p50 {ms(lat['p50'])}, p90 {ms(lat['p90'])}, p99 {ms(lat['p99'])}",
-        f"report and pictures in {Path(out_dir).resolve()}"
-        + (f"; labeled bag {report['files']['labeled_bag']}" if "labeled_bag" in report["files"] else ""),
+    lines = [
+        f"mode {report['mode']}: {f['scans']} scans, {f['checked']} segmented, {f['dropped']} dropped" + lost
+        + (f", {f['mismatched']} mismatched" if f["mismatched"] else "")
+        + (f"; {f['scored']} scored against {report['gt_topic']}" if report["ground_truth"] else ""),
     ]
+    if report["ground_truth"]:
+        lines.append(f"mIoU full scan {pct(report['miou']['full'])}, camera frustum "
+                     f"{pct(report['miou']['frustum'])}")
+    else:
+        hist = report["label_histogram"]
+        n = sum(hist.values())
+        top = sorted(((v, k) for k, v in hist.items() if v), reverse=True)[:5]
+        shares = ", ".join(f"{k} {100.0 * v / n:.1f} %" for v, k in top) if n else "none"
+        lines.append(f"no ground truth in the bag (no mIoU); predicted labels: {shares}")
+    lines.append(f"latency p50 {ms(lat['p50'])}, p90 {ms(lat['p90'])}, p99 {ms(lat['p99'])}; rates: bag "
+                 f"scans {hz(rates['bag_scans'])}, outputs {hz(rates['outputs'])}")
+    for name, cam in report["cameras"].items():
+        if cam["frames_used"] is None:
+            lines.append(f"camera {name}: not reported by the node")
+            continue
+        lines.append(f"camera {name} ({cam['transport']}, extrinsics {cam['bag_extrinsics']}): used in "
+                     f"{cam['frames_used']} of {f['scans']} scans, {cam['decode_failures']} decode failures, "
+                     f"{cam['tf_missing']} without extrinsics")
+    lines.extend(f"note: {note}" for note in report["bag_notes"])
+    labeled = report["files"].get("labeled_bag")
+    lines.append(f"report and pictures in {Path(out_dir).resolve()}"
+                 + (f"; labeled bag {labeled}" if labeled else ""))
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     p = argparse.ArgumentParser(prog="xkd-bag-eval", description=__doc__.splitlines()[0])
-    p.add_argument("--bag", required=True, help="rosbag2 folder (mcap or sqlite3) written by xkd-kitti2bag")
+    p.add_argument("--bag", required=True,
+                   help="rosbag2 folder (mcap or sqlite3), written by xkd-kitti2bag or recorded")
     p.add_argument("--out", required=True, help="output folder for report.json and the pictures")
     p.add_argument("--checkpoint", default="", help="model .pt (default: the shipped model)")
     p.add_argument("--live", action="store_true",
@@ -571,9 +662,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="use the fused 3D+2D head where an image is synchronized")
     p.add_argument("--rate-scale", type=float, default=1.0,
                    help="live: playback speed relative to the recorded rate (0.5 = half speed)")
+    p.add_argument("--cloud-topic", default=None,
+                   help="the LiDAR's PointCloud2 topic (default /velodyne_points, or the only other one)")
+    p.add_argument("--camera", action="append", default=[], metavar="NAME",
+                   help="a camera the node gets (repeatable; default: every camera found in the bag; "
+                        "2 / 3 stand for image_2 / image_3)")
+    p.add_argument("--gt-topic", default=None,
+                   help=f"ground-truth PointCloud2 with a label field (default {GT_TOPIC} when the bag "
+                        "has it; without one: latency, rates, drops and label histogram only)")
     p.add_argument("--write-bag", default=None, help="write the node's labeled clouds into this new bag")
     p.add_argument("--write-format", choices=sorted(STORAGES), default="mcap", help="storage of --write-bag")
-    p.add_argument("--camera", type=int, default=2, help="KITTI camera the node uses (default 2)")
     p.add_argument("--params-file", default="", help="node parameters (default config/segment.yaml)")
     p.add_argument("--param", action="append", default=[], metavar="NAME:=VALUE",
                    help="override one node parameter (repeatable), e.g. --param cpu_threads:=2")

@@ -1,10 +1,10 @@
 """Playing a rosbag2 into ROS 2 with rclpy, and collecting what the node publishes back.
 
 `bag_messages` reads the serialized messages of a bag in log-time order. Messages with equal log
-times (a converted bag stamps a scan, its image and its camera info identically) are played camera
-info first, then images, then everything else: the node matches each cloud with images already
-received and never waits for the camera, so a cloud played before its own image would always be
-segmented without it.
+times (a converted bag stamps a scan, its images and its camera infos identically) are played camera
+infos first, then images (Image or CompressedImage), then everything else: the node matches each
+cloud with images already received and never waits for a camera, so a cloud played before its own
+images would always be segmented without them.
 
 `BagPlayer` publishes those bytes unchanged (`Publisher.publish(bytes)`, no deserialization) on
 publishers created up front, from a thread, at the recorded rate times `rate_scale`, and remembers
@@ -25,15 +25,28 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xkd_ros.bag_io import CAMERA_INFO, IMAGE, POINTCLOUD2, TYPESTORE, BagFormatError, open_bag
+from xkd_ros.bag_io import (
+    CAMERA_INFO,
+    COMPRESSED_IMAGE,
+    IMAGE,
+    POINTCLOUD2,
+    TYPESTORE,
+    BagFormatError,
+    BagTopics,
+    open_bag,
+)
 from xkd_ros.stamp import header_ns
 
+#: The name of the node's own diagnostic status after `<node>: ` (the cameras' are `camera <name>`).
+NODE_STATUS = "segmentation"
+CAMERA_STATUS = "camera "
+
 #: Play order of messages with equal log times (lower first; unlisted types last).
-_TIE_ORDER = {CAMERA_INFO: 0, IMAGE: 1}
+_TIE_ORDER = {CAMERA_INFO: 0, IMAGE: 1, COMPRESSED_IMAGE: 1}
 
 
 @dataclass
@@ -44,33 +57,6 @@ class BagMessage:
     msgtype: str
     log_ns: int
     data: bytes
-
-
-@dataclass
-class BagTopics:
-    """Topic -> message type of a bag, with the number of messages per topic."""
-
-    types: dict[str, str]
-    counts: dict[str, int]
-    latched: set[str] = field(default_factory=set)  # offered with transient-local durability
-
-
-def bag_topics(path: str | Path) -> BagTopics:
-    """The topics of a bag (mcap or sqlite3) and their types."""
-    from rosbags.interfaces import QosDurability
-
-    reader = open_bag(Path(path))
-    try:
-        types, counts, latched = {}, {}, set()
-        for c in reader.connections:
-            types[c.topic] = c.msgtype
-            counts[c.topic] = counts.get(c.topic, 0) + int(c.msgcount)
-            qos = getattr(c.ext, "offered_qos_profiles", None) or []
-            if any(getattr(q, "durability", None) == QosDurability.TRANSIENT_LOCAL for q in qos):
-                latched.add(c.topic)
-        return BagTopics(types, counts, latched)
-    finally:
-        reader.close()
 
 
 def bag_messages(path: str | Path, topics: Iterable[str] | None = None) -> Iterator[BagMessage]:
@@ -112,13 +98,16 @@ class BagPlayer:
 
     Publishers for every playable topic are created at construction, so a subscriber (the node) can
     be seen matching them before `start()`. Topics whose rclpy message package is missing or that are
-    listed in `skip` are not played (`not_played` says why). `on_cloud(stamp_ns, t_publish)` is
-    called for every message of `cloud_topic`, just before it is published.
+    listed in `skip` are not played (`not_played` says why); `rename` plays a bag topic under
+    another name (e.g. a CompressedImage topic without image_transport's `/compressed` suffix).
+    `on_cloud(stamp_ns, t_publish)` is called for every message of `cloud_topic`, just before it is
+    published.
     """
 
     def __init__(self, node: Any, bag: str | Path, topics: BagTopics, cloud_topic: str,
                  rate_scale: float = 1.0, skip: Iterable[str] = (),
-                 on_cloud: Callable[[int, float], None] | None = None, camera_lead_s: float = 0.02) -> None:
+                 on_cloud: Callable[[int, float], None] | None = None, camera_lead_s: float = 0.02,
+                 rename: dict[str, str] | None = None) -> None:
         from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 
         if not rate_scale > 0:
@@ -132,6 +121,7 @@ class BagPlayer:
         self.on_cloud = on_cloud
         self.not_played: dict[str, str] = {}
         self.publishers: dict[str, Any] = {}
+        self.rename = dict(rename or {})
         skip = set(skip)
         for topic, msgtype in sorted(topics.types.items()):
             if topic in skip:
@@ -145,7 +135,7 @@ class BagPlayer:
             qos = QoSProfile(depth=1 if latched else 10, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL if latched
                              else DurabilityPolicy.VOLATILE)
-            self.publishers[topic] = node.create_publisher(cls, topic, qos)
+            self.publishers[topic] = node.create_publisher(cls, self.rename.get(topic, topic), qos)
         if cloud_topic not in self.publishers:
             raise BagFormatError(f"bag {self.bag} has no playable {cloud_topic} topic "
                                  f"({self.not_played.get(cloud_topic, 'absent')})")
@@ -158,7 +148,7 @@ class BagPlayer:
         self._thread = threading.Thread(target=self._run, name="xkd-bag-player", daemon=True)
 
     def subscriptions(self, topic: str) -> int:
-        """How many subscribers match the publisher of `topic` (0 when not played)."""
+        """How many subscribers match the publisher of the bag topic `topic` (0 when not played)."""
         pub = self.publishers.get(topic)
         return 0 if pub is None else pub.get_subscription_count()
 
@@ -209,7 +199,12 @@ class Received:
 
 
 class OutputCollector:
-    """Raw subscriber to the node's labeled cloud, and to `/diagnostics` (see the module docstring)."""
+    """Raw subscriber to the node's labeled cloud, and to `/diagnostics` (see the module docstring).
+
+    `statuses` keeps the latest of each of the node's diagnostic statuses (`segmentation`, and one
+    per camera `camera <name>`) by the name after the node's prefix, with `level` and `message`
+    among the values; `diagnostics` is the node's own (`segmentation`) one.
+    """
 
     def __init__(self, node: Any, cloud_topic: str, node_name: str = "segment_node") -> None:
         from diagnostic_msgs.msg import DiagnosticArray
@@ -219,12 +214,17 @@ class OutputCollector:
         self.clouds: queue.Queue[Received] = queue.Queue()
         self.received = 0
         self.last_t: float | None = None
-        self.diagnostics: dict[str, str] | None = None
+        self.statuses: dict[str, dict[str, str]] = {}
         self.diagnostics_t: float | None = None
-        self._prefix = f"/{node_name}:"
+        self._prefix = f"/{node_name}: "
         qos = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
         self.cloud_sub = node.create_subscription(PointCloud2, cloud_topic, self._on_cloud, qos, raw=True)
         self.diag_sub = node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
+
+    @property
+    def diagnostics(self) -> dict[str, str] | None:
+        """The node's own status values (None before the first report)."""
+        return self.statuses.get(NODE_STATUS)
 
     def _on_cloud(self, data: bytes) -> None:
         t = time.monotonic()
@@ -233,11 +233,14 @@ class OutputCollector:
         self.last_t = t
 
     def _on_diagnostics(self, msg: Any) -> None:
+        mine = False
         for status in msg.status:
             if status.name.startswith(self._prefix):
                 values = {kv.key: kv.value for kv in status.values}
                 level = status.level
                 values["level"] = str(level[0] if isinstance(level, (bytes, bytearray)) else int(level))
                 values["message"] = status.message
-                self.diagnostics = values
-                self.diagnostics_t = time.monotonic()
+                self.statuses[status.name[len(self._prefix):]] = values
+                mine = True
+        if mine:
+            self.diagnostics_t = time.monotonic()

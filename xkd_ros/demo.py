@@ -4,10 +4,13 @@
 
 1. generate a short synthetic drive in the SemanticKITTI format (`xkd_core.synth`, a 32-beam
    LiDAR so a CPU keeps up; sequence 08, a world the `synth_small` training preset never sees),
-2. convert it to a rosbag2 (mcap) with `xkd-kitti2bag`'s converter,
+2. convert it to a rosbag2 (mcap) with `xkd-kitti2bag`'s converter and its defaults (every camera
+   view of the sequence),
 3. replay that bag *live* over DDS into `segment_node` (a child process) with the shipped model and
-   score what it publishes (`xkd-bag-eval --live --write-bag`),
-4. print mIoU (full scan / camera frustum), latency p50/p99, drops and where the files are.
+   score what it publishes (`xkd-bag-eval --live --write-bag`; the node's topics, cameras and
+   extrinsics come from the bag, as for any user's bag),
+4. print mIoU in percent (full scan / camera frustum), latency p50/p99, drops, per-camera figures
+   and where the files are.
 
 DIR receives `data/` (the synthetic sequence), `drive/` (the input bag), `labeled/` (the node's
 labeled clouds as a bag) and `eval/` (`report.json`, `latency_hist.png`, `per_class_iou.png`,
@@ -117,7 +120,7 @@ def run_demo(out: str | Path, scans: int = 40, checkpoint: str = "", rate_scale:
 
     t = time.monotonic()
     conversion = convert_sequence(out / "data", DEMO_SEQUENCE, out / "drive", storage="mcap",
-                                  rate=DEMO_RATE_HZ, cameras=(2,), progress=progress)
+                                  rate=DEMO_RATE_HZ, progress=progress)
     timings["kitti2bag_s"] = time.monotonic() - t
 
     t = time.monotonic()
@@ -137,8 +140,8 @@ def run_demo(out: str | Path, scans: int = 40, checkpoint: str = "", rate_scale:
 
 
 def _write_camera_picture(data: Path, path: Path) -> None:
-    """First scan's ground-truth labels projected into its camera image, to check calibration by eye."""
-    frame = SemanticKittiDataset(data, split=None, sequences=[DEMO_SEQUENCE], cameras=(2,))[0]
+    """First scan's ground-truth labels projected into its first camera image, to check calibration by eye."""
+    frame = SemanticKittiDataset(data, split=None, sequences=[DEMO_SEQUENCE], cameras="all")[0]
     view = frame.views[0]
     picture = draw_label_overlay(view.image, frame.points[:, :3], frame.labels, view.K, view.T, radius=1)
     cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))

@@ -96,3 +96,32 @@ def plot_bev(sample: BevSample | None, path: str | Path, extent_m: float = 40.0,
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_label_histogram(counts: dict[str, int], path: str | Path, title: str = "predicted labels") -> Path:
+    """Bars of the share of points per predicted class, in class colours (what a bag without ground
+    truth can still show: does the model see road, cars, buildings where the drive has them?)."""
+    names = list(CLASS_NAMES)
+    n = np.array([int(counts.get(name, 0)) for name in names], dtype=np.float64)
+    total = float(n.sum())
+    fig, ax = plt.subplots(figsize=(9, 4), dpi=100)
+    if total > 0:
+        share = 100.0 * n / total
+        ax.bar(range(len(names)), share, color=PALETTE_RGB[: len(names)] / 255.0, edgecolor="black",
+               linewidth=0.4)
+        for i, v in enumerate(share):
+            if v > 0:
+                ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=6)
+    else:
+        ax.text(0.5, 0.5, "no segmented scan", ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("points (%)")
+    ax.set_xlabel("unlabeled: points not segmented (out of range, ego crop, NaN)", fontsize=8)
+    ax.set_title(f"{title} ({int(total)} points)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
