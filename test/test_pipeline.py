@@ -228,3 +228,25 @@ def test_organised_in_organised_out(organised: bool) -> None:
     msg = driver_cloud("reference", organised=organised, row_pad=8 if organised else 0).rosbags()
     out = pipe.process(pipe.on_cloud(msg))
     assert out.shape == ((msg.height, msg.width) if organised else (1, msg.width * msg.height))
+
+
+def test_an_image_stamped_far_ahead_of_the_clouds_is_refused_and_counted_once() -> None:
+    pipe, _, lines, _ = make(config({"cam": {"lidar_to_camera": STATIC}}))
+    pipe.process(pipe.on_cloud(cloud(T0, scan())))  # the LiDAR clock starts
+    send_camera(pipe, "cam", T0 + 60 * NS_PER_S, image(5))  # a broken camera clock, a minute ahead
+    status = {s.name: s for s in pipe.diagnostics("/n", "cpu")}["/n: camera cam"]
+    assert status.values["sync.future"] == "1" and status.level == WARN
+    assert sum("[camera.cam.sync.future]" in line for _, line in lines) == 1
+    assert len(pipe.cameras["cam"].cache) == 0
+
+
+def test_a_silent_camera_is_a_warning_and_the_clouds_go_on_without_it() -> None:
+    pipe, _, _, _ = make(config({"cam": {"lidar_to_camera": STATIC}}))
+    send_camera(pipe, "cam", T0, image(5))
+    assert len(pipe.process(pipe.on_cloud(cloud(T0, scan()))).views) == 1
+    assert pipe.diagnostics("/n", "cpu")[1].level == OK
+    for i in range(1, 4):  # the camera stops; a cloud every 0.1 s
+        out = pipe.process(pipe.on_cloud(cloud(T0 + i * NS_PER_S // 10, scan())))
+        assert out is not None and out.views == []
+    status = pipe.diagnostics("/n", "cpu")[1]
+    assert status.level == WARN and "no image within sync.slop for the last 3 clouds" in status.message

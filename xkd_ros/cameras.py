@@ -40,8 +40,8 @@ from xkd_ros.sync import NearestImageCache
 
 #: (target frame, source frame, stamp ns) -> 4x4 transform source -> target; raises LookupError.
 TransformLookup = Callable[[str, str, int], np.ndarray]
-#: (key, text) -> None: count `key` and report `text` (throttled per key), see `pipeline.Reporter`.
-Report = Callable[[str, str], None]
+#: (key, text, count=True) -> None: count `key` and report `text` (throttled per key): `pipeline.Reporter`.
+Report = Callable[..., None]
 
 
 @dataclass
@@ -85,10 +85,11 @@ class CameraInput:
         """Cache an image (cheap: the message is kept, decoding waits until a frame uses it)."""
         stamp = header_ns(msg.header)
         if not self.cache.push(stamp, CameraImage(msg, stamp, str(msg.header.frame_id))):
-            self._report(self.key("sync.future"),
-                         f"camera {self.name}: image stamp {stamp / NS_PER_S:.6f} s is more than "
-                         f"{self.cache.max_future_ns / NS_PER_S:.1f} s after the newest cloud "
-                         "(camera clock?): image dropped")
+            # the cache counts it (`sync.future` in the camera's status); this only says why, throttled
+            text = (f"camera {self.name}: image stamp {stamp / NS_PER_S:.6f} s is more than "
+                    f"{self.cache.max_future_ns / NS_PER_S:.1f} s after the newest cloud (camera clock?): "
+                    "image dropped")
+            self._report(self.key("sync.future"), text, count=False)
 
     def on_camera_info(self, msg: Any) -> None:
         """Check and keep the calibration; a refused one disables the camera until a good one arrives."""

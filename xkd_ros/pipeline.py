@@ -432,7 +432,7 @@ class FramePipeline:
         # Levels reflect the last period, not the whole run: one old drop must not stay a warning.
         new_dropped = dropped - self._reported.get("dropped", 0)
         new_skipped = skipped - self._reported.get("skipped", 0)
-        self._reported = {"dropped": dropped, "skipped": skipped}
+        self._reported.update(dropped=dropped, skipped=skipped)
         now = self._clock()
         slow_for = 0.0 if self._slow_since is None else now - self._slow_since
         level, message = OK, "ok"
@@ -456,24 +456,31 @@ class FramePipeline:
         return statuses
 
     def _camera_status(self, node_name: str, cam: CameraInput, counts: dict[str, int]) -> Status:
+        """A camera's status: WARN without extrinsics, on a problem this period (decode, calibration,
+        transform, an image from the future), or when clouds came and none found an image of it."""
         prefix = f"camera.{cam.name}."
+        sync = cam.cache.stats()
         values = {k.removeprefix(prefix): str(v) for k, v in sorted(counts.items()) if k.startswith(prefix)}
-        values.update({f"sync.{k}": str(v) for k, v in cam.cache.stats().items()})
+        values.update({f"sync.{k}": str(v) for k, v in sync.items()})
         values["extrinsics"] = cam.extrinsics_source
         values["topic"] = cam.cfg.subscribed_topic
-        last = self._reported.get(prefix + "used", 0)
-        used = counts.get(prefix + "used", 0)
-        problems = sum(v for k, v in counts.items() if k.startswith(prefix) and k != prefix + "used"
-                       and k.split(".")[2] not in ("sync",))
-        new_problems = problems - self._reported.get(prefix + "problems", 0)
-        self._reported[prefix + "used"] = used
-        self._reported[prefix + "problems"] = problems
-        level, message = OK, f"used in {used - last} frames this period"
+        totals = {
+            "used": counts.get(prefix + "used", 0),
+            "problems": sync["future"] + sum(v for k, v in counts.items()
+                                             if k.startswith(prefix) and k != prefix + "used"),
+            "unmatched": sync["no_image"] + sync["stale"] + sync["outside_slop"],
+        }
+        new = {k: v - self._reported.get(prefix + k, 0) for k, v in totals.items()}
+        self._reported.update({prefix + k: v for k, v in totals.items()})
+        level, message = OK, f"used in {new['used']} frames this period"
         if cam.extrinsics_source == "none":
             level, message = WARN, "no extrinsics (lidar_to_camera unset, no TF): camera not used"
-        elif new_problems:
-            level, message = WARN, f"{new_problems} problems this period (see the counters); used in " \
-                                   f"{used - last} frames"
+        elif new["problems"]:
+            level, message = WARN, f"{new['problems']} problems this period (see the counters); used in " \
+                                   f"{new['used']} frames"
+        elif new["unmatched"] and not new["used"]:
+            level, message = WARN, f"no image within sync.slop for the last {new['unmatched']} clouds " \
+                                   "(camera silent, late, or its clock off?)"
         return Status(f"{node_name}: camera {cam.name}", level, message, values)
 
     def close(self) -> None:
