@@ -542,7 +542,7 @@ def prepare(opts: BagEvalOptions) -> Replay:
     return Replay(layout, cfg, values, params_path, rename, scorer, writer)
 
 
-def evaluate(opts: BagEvalOptions) -> dict[str, Any]:
+def replay_and_score(opts: BagEvalOptions) -> dict[str, Any]:
     """Run one evaluation and write everything under `opts.out`; returns the report."""
     t_start = time.monotonic()
     replay = prepare(opts)
@@ -697,7 +697,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         opts = options_from_args(args)
-        report = evaluate(opts)
+        report = replay_and_score(opts)
     except (ConfigError, BagFormatError, FileNotFoundError) as exc:
         print(f"xkd-bag-eval: error: {exc}", file=sys.stderr)
         return 2

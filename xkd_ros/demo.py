@@ -41,7 +41,7 @@ from xkd_core.data.dataset import SemanticKittiDataset
 from xkd_core.overlay import draw_label_overlay
 from xkd_core.synth import SynthConfig, generate
 from xkd_core.synth.config import LidarConfig
-from xkd_ros.bag_eval import BagEvalOptions, evaluate, summary_lines
+from xkd_ros.bag_eval import BagEvalOptions, replay_and_score, summary_lines
 from xkd_ros.fastdds import use_shipped_profile
 from xkd_ros.kitti2bag import convert_sequence
 from xkd_ros.segment_params import resolve_checkpoint
@@ -128,7 +128,7 @@ def run_demo(out: str | Path, scans: int = 40, checkpoint: str = "", rate_scale:
                           rate_scale=rate_scale, write_bag=str(out / "labeled"),
                           param=[f"cpu_threads:={_cpu_threads()}",
                                  f"qos.input.reliability:={DEMO_INPUT_QOS}"], progress=progress)
-    report = evaluate(opts)
+    report = replay_and_score(opts)
     timings["replay_s"] = time.monotonic() - t
     report["demo"] = {"scans": scans, "sequence": DEMO_SEQUENCE, "seed": DEMO_SEED, "ros": ros,
                       "input_qos": DEMO_INPUT_QOS,
