@@ -4,20 +4,25 @@ figures are rendered from (`python -m bench.report`).
 Run after `make demo`: .venv/bin/python -m bench.record_demo [--report demo_out/eval/report.json]
 
 Keeps the figures the README quotes (scans scored, mIoU full scan / camera frustum, latency
-percentiles, replay rate, model), the report's date and this machine; `per_frame` and the pictures
-stay in the demo's own output folder.
+percentiles, replay rate, model), the report's date and this machine, and copies the two pictures the
+README shows into docs/img/ (the node's labels in the camera image, the bird's-eye prediction / error).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bench.common import RESULTS, machine_info, write_json
+
+IMG = Path(__file__).resolve().parent.parent / "docs" / "img"
+#: demo output (relative to the demo folder) -> the README's picture
+PICTURES = {"overlay.png": "demo_overlay.png", "eval/bev.png": "demo_bev.png"}
 
 
 def demo_record(report: dict[str, Any], date: str) -> dict[str, Any]:
@@ -50,6 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     record = demo_record(json.loads(args.report.read_text()), date)
     record["machine"] = machine_info(record["device"])  # the GPU's name too when the node ran on one
     write_json(args.out, record)
+    demo_dir = args.report.parent.parent
+    for src, dst in PICTURES.items():
+        if (demo_dir / src).is_file():
+            shutil.copyfile(demo_dir / src, IMG / dst)
+            print(f"copied {demo_dir / src} to {IMG / dst}")
     print(f"wrote {args.out}; now run python -m bench.report")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import cv2
 import psutil
 import pytest
 import torch
@@ -41,6 +42,10 @@ def test_demo_runs_end_to_end_and_prints_a_summary(tmp_path: Path, capsys) -> No
     assert report["frames"]["scored"] + report["frames"]["dropped"] == 3 and report["frames"]["scored"] >= 1
     for name in ("latency_hist.png", "per_class_iou.png", "bev.png", "node.log"):
         assert (out / "eval" / name).stat().st_size > 0
+    # the node's labels drawn into the camera image of a scored scan: coloured points on the picture
+    overlay = cv2.imread(str(out / "overlay.png"))
+    camera = cv2.imread(str(sorted((out / "data" / "sequences" / "08" / "image_2").glob("*.png"))[1]))
+    assert overlay.shape == camera.shape and 0.001 < (overlay != camera).any(axis=2).mean() < 0.9
     with Reader(out / "labeled") as reader:
         assert reader.message_count == report["frames"]["scored"]
     with Reader(out / "drive") as reader:

@@ -37,13 +37,15 @@ from typing import Any
 import cv2
 
 from xkd_core.config import ConfigError
-from xkd_core.data.dataset import SemanticKittiDataset
 from xkd_core.overlay import draw_label_overlay
 from xkd_core.synth import SynthConfig, generate
 from xkd_core.synth.config import LidarConfig
 from xkd_ros.bag_eval import BagEvalOptions, replay_and_score, summary_lines
+from xkd_ros.bag_io import read_bag_frames
+from xkd_ros.bag_replay import bag_messages
 from xkd_ros.fastdds import use_shipped_profile
 from xkd_ros.kitti2bag import convert_sequence
+from xkd_ros.replay_score import NodeOutput, decode_output
 from xkd_ros.segment_params import resolve_checkpoint
 
 DEMO_SEQUENCE = "08"
@@ -116,7 +118,6 @@ def run_demo(out: str | Path, scans: int = 40, checkpoint: str = "", rate_scale:
     t = time.monotonic()
     generate(out / "data", [DEMO_SEQUENCE], scans, DEMO_SEED, demo_synth_config(), progress=progress)
     timings["synth_s"] = time.monotonic() - t
-    _write_camera_picture(out / "data", out / "camera_labels.png")
 
     t = time.monotonic()
     conversion = convert_sequence(out / "data", DEMO_SEQUENCE, out / "drive", storage="mcap",
@@ -130,6 +131,7 @@ def run_demo(out: str | Path, scans: int = 40, checkpoint: str = "", rate_scale:
                                  f"qos.input.reliability:={DEMO_INPUT_QOS}"], progress=progress)
     report = replay_and_score(opts)
     timings["replay_s"] = time.monotonic() - t
+    _write_overlay_picture(conversion.bag, out / "labeled", out / "overlay.png")
     report["demo"] = {"scans": scans, "sequence": DEMO_SEQUENCE, "seed": DEMO_SEED, "ros": ros,
                       "input_qos": DEMO_INPUT_QOS,
                       "replay_hz": DEMO_RATE_HZ * rate_scale,
@@ -139,11 +141,18 @@ def run_demo(out: str | Path, scans: int = 40, checkpoint: str = "", rate_scale:
     return report
 
 
-def _write_camera_picture(data: Path, path: Path) -> None:
-    """First scan's ground-truth labels projected into its first camera image, to check calibration by eye."""
-    frame = SemanticKittiDataset(data, split=None, sequences=[DEMO_SEQUENCE], cameras="all")[0]
+def _write_overlay_picture(drive: Path, labeled: Path, path: Path) -> None:
+    """The labels the node published for the middle scored scan, drawn into its first camera's image:
+    what the node's overlay topic shows (the README's picture)."""
+    outputs = {o.stamp_ns: o for o in (NodeOutput(m.log_ns, m.data, 0.0) for m in bag_messages(labeled))}
+    stamps = sorted(outputs)
+    if not stamps:
+        return
+    stamp = stamps[len(stamps) // 2]
+    frame = next(f for f in read_bag_frames(drive) if f.stamp_ns == stamp)
+    _, xyzi, labels = decode_output(outputs[stamp].data)
     view = frame.views[0]
-    picture = draw_label_overlay(view.image, frame.points[:, :3], frame.labels, view.K, view.T, radius=1)
+    picture = draw_label_overlay(view.image, xyzi[:, :3], labels, view.K, view.T, radius=1)
     cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
 
 
@@ -157,7 +166,7 @@ def print_summary(report: dict[str, Any], out: str | Path) -> None:
           f"({Path(report['checkpoint']).name}; {demo['input_qos']} input QoS; {demo['ros']})")
     for line in summary_lines(report, Path(out) / "eval"):
         print("  " + line)
-    print(f"  camera picture (ground truth projected) {Path(out, 'camera_labels.png').resolve()}")
+    print(f"  the node's labels in the camera image {Path(out, 'overlay.png').resolve()}")
     print(f"  input bag {Path(out, 'drive').resolve()}; synthetic data {Path(out, 'data').resolve()}")
     print(f"  time: synth {demo['synth_s']:.1f} s, kitti2bag {demo['kitti2bag_s']:.1f} s, "
           f"replay + scoring {demo['replay_s']:.1f} s")
