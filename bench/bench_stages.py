@@ -3,13 +3,16 @@
 Run: .venv/bin/python -m bench.bench_stages [--sizes 30000 60000 120000 240000] [--scans 200]
      [--device cpu|cuda] [--backends auto] [--precisions fp32 fp16] [--threads 0] [--checkpoint shipped]
 
-Each scan goes through exactly what `segment_node` does with a frame, with the real functions:
-`decode` (`cloud_to_xyzi` on a PointCloud2 as a subscriber receives it, i.e. after CDR), then
+Each scan goes through exactly what `segment_node` does with a frame: its `FramePipeline` with the
+node's default parameters and one camera (`image_2`, static extrinsics), fed messages as a subscriber
+receives them (after CDR), then the messages the node publishes. Stages: `decode`
+(`FramePipeline.on_cloud`: PointCloud2 -> points, intensity scaling, stamp check, nearest image),
 `Segmenter.segment` split by its stage timing into `preprocess` (checks, range filter, batching,
 host -> device), `voxelize` (voxels and their mean features), `forward_3d` (the sparse UNet) and
-`gather` (point head, softmax, device -> host, labels back in input order), then `encode`
-(`labeled_cloud_array` + `to_rclpy_cloud`) and `overlay` (`draw_label_overlay` on the camera image +
-`to_rclpy_image`); `total` is decode to overlay, `inference` is `segment` alone (SPEC's "per-scan
+`gather` (point head, softmax, device -> host, labels back in input order), `outputs` (the rest of
+`FramePipeline.process`: camera image decoded and undistorted, ego / range gate, labeled and filtered
+records, overlay drawn), `encode` (the labeled and filtered PointCloud2) and `overlay` (the overlay
+Image); `total` is decode to overlay, `inference` is `segment` alone (SPEC's "per-scan
 inference"). The scans come from the synthetic world (`xkd_core.synth`, 64-beam, ~128k points): a
 few are generated once, resized to each size (random subset, or consecutive scans appended then a
 subset) and cycled with 1 cm of fresh noise per scan, so generation is never timed. The model is the
@@ -35,6 +38,7 @@ import numpy as np
 import torch
 
 from bench.common import (
+    BENCH_CAMERA,
     IMAGES,
     RESULTS,
     command_line,
@@ -48,7 +52,7 @@ from bench.common import (
 )
 
 #: Stages in the order the node runs them; `total` is their sum per scan.
-STAGES = ("decode", "preprocess", "voxelize", "forward_3d", "gather", "encode", "overlay")
+STAGES = ("decode", "preprocess", "voxelize", "forward_3d", "gather", "outputs", "encode", "overlay")
 SIZES = (30_000, 60_000, 120_000, 240_000)
 
 
@@ -61,16 +65,92 @@ def synthetic_pool(count: int, seed: int) -> tuple[list[np.ndarray], np.ndarray,
     return [seq.scan(i)[0] for i in range(count)], seq.image(0, 2)[0], K, T
 
 
-def received_cloud(points: np.ndarray, stamp_ns: int) -> Any:
-    """The PointCloud2 a subscriber gets for `points`: built, serialised and deserialised (CDR)."""
+def received(msg: Any) -> Any:
+    """The message a subscriber gets for `msg`: serialised and deserialised (CDR)."""
     from rclpy.serialization import deserialize_message, serialize_message
-    from sensor_msgs.msg import PointCloud2
 
+    return deserialize_message(serialize_message(msg), type(msg))
+
+
+def received_cloud(points: np.ndarray, stamp_ns: int) -> Any:
+    """The PointCloud2 a subscriber gets for `points`."""
     from xkd_ros.pointcloud import to_rclpy_cloud, xyzi_array
     from xkd_ros.stamp import rclpy_header
 
-    msg = to_rclpy_cloud(rclpy_header(stamp_ns, "velodyne"), xyzi_array(points))
-    return deserialize_message(serialize_message(msg), PointCloud2)
+    return received(to_rclpy_cloud(rclpy_header(stamp_ns, "velodyne"), xyzi_array(points)))
+
+
+def node_config(T: np.ndarray) -> Any:
+    """The node's default parameters with one camera, `image_2`, whose extrinsics are `T`."""
+    from xkd_ros.segment_params import CameraConfig, SegmentNodeConfig
+
+    return SegmentNodeConfig(camera_names=[BENCH_CAMERA], cameras={BENCH_CAMERA: CameraConfig(
+        lidar_to_camera=[float(v) for v in T.reshape(-1)])})
+
+
+class TimedSegmenter:
+    """A `Segmenter` that keeps its last result and call time (the pipeline keeps only the labels)."""
+
+    def __init__(self, seg: Any) -> None:
+        self.seg = seg
+        self.input_convention = seg.input_convention
+        self.last: Any = None
+        self.seconds = 0.0
+
+    def segment(self, points: np.ndarray, views: Any = None, exclude: np.ndarray | None = None) -> Any:
+        t = time.perf_counter()
+        self.last = self.seg.segment(points, views, exclude=exclude)
+        self.seconds = time.perf_counter() - t
+        return self.last
+
+
+class NodeFramePath:
+    """One frame through `segment_node`'s code: `FramePipeline.on_cloud` and `.process` around `seg`
+    (`node_config(T)`: the node's defaults, the camera image in every frame), then the output messages
+    `SegmentNode.publish` builds. `run(cloud)` returns the stage times; a frame the node would skip,
+    or one without its camera, raises (the bench would measure something else)."""
+
+    def __init__(self, seg: Any, image: np.ndarray, K: np.ndarray, T: np.ndarray) -> None:
+        from xkd_ros.image import to_rclpy_camera_info, to_rclpy_image
+        from xkd_ros.pipeline import OK, FramePipeline
+        from xkd_ros.stamp import rclpy_header
+
+        self.timed = TimedSegmenter(seg)
+        self.problems: list[str] = []
+        self.pipeline = FramePipeline(node_config(T), self.timed,
+                                      lambda level, line: self.problems.append(line) if level > OK else None,
+                                      input_convention=seg.input_convention)
+        header = rclpy_header(0, "camera_2")
+        self.pipeline.on_camera_info(BENCH_CAMERA, received(to_rclpy_camera_info(header, K, image.shape[:2])))
+        self.image = received(to_rclpy_image(header, image))
+
+    def run(self, cloud: Any) -> tuple[Any, dict[str, float]]:
+        """The frame's `FrameOutputs` and its stage times (s)."""
+        from std_msgs.msg import Header
+
+        from xkd_ros.image import to_rclpy_image
+        from xkd_ros.pointcloud import to_rclpy_cloud
+
+        self.image.header.stamp = cloud.header.stamp  # the camera frame of this scan (untimed callback)
+        self.pipeline.on_image(BENCH_CAMERA, self.image)
+        t0 = time.perf_counter()
+        frame = self.pipeline.on_cloud(cloud)
+        t1 = time.perf_counter()
+        out = self.pipeline.process(frame) if frame is not None else None
+        t2 = time.perf_counter()
+        if out is None or not out.overlays:
+            raise RuntimeError(f"the node would not publish this frame with its overlay: {self.problems}")
+        to_rclpy_cloud(out.header, out.labeled)
+        if out.filtered is not None:
+            to_rclpy_cloud(out.header, out.filtered)
+        t3 = time.perf_counter()
+        for frame_id, overlay in out.overlays.values():
+            to_rclpy_image(Header(stamp=out.header.stamp, frame_id=frame_id), overlay)
+        t4 = time.perf_counter()
+        st = self.timed.last.timings
+        return out, {"decode": t1 - t0, **{k: st[k] for k in STAGES[1:5] if k in st},  # stage_timing
+                     "outputs": t2 - t1 - self.timed.seconds, "encode": t3 - t2, "overlay": t4 - t3,
+                     "total": t4 - t0, "inference": st["total"]}
 
 
 def skip_reason(device: str, backend: str, precision: str) -> str | None:
@@ -100,10 +180,7 @@ def record_failure(result: dict[str, Any], exc: Exception, **where: Any) -> None
 def measure_row(seg: Any, pool: list[np.ndarray], image: np.ndarray, K: np.ndarray, T: np.ndarray,
                 points: int, scans: int, warmup: int, seed: int) -> dict[str, Any]:
     """Stage timings of `scans` scans of `points` points (after `warmup` untimed ones)."""
-    from xkd_core.overlay import draw_label_overlay
-    from xkd_ros.image import to_rclpy_image
-    from xkd_ros.pointcloud import cloud_to_xyzi, labeled_cloud_array, to_rclpy_cloud
-
+    path = NodeFramePath(seg, image, K, T)
     rng = np.random.default_rng(seed)
     base = [resize_cloud(pool, k, points, rng) for k in range(len(pool))]
     times: dict[str, list[float]] = {k: [] for k in (*STAGES, "total", "inference")}
@@ -114,25 +191,13 @@ def measure_row(seg: Any, pool: list[np.ndarray], image: np.ndarray, K: np.ndarr
     for i in range(warmup + scans):
         pts = base[i % len(base)].copy()
         pts[:, :3] += rng.normal(0.0, 0.01, (points, 3)).astype(np.float32)
-        msg = received_cloud(pts, 1_000_000_000 + i)
-        t0 = time.perf_counter()
-        xyzi = cloud_to_xyzi(msg)
-        t1 = time.perf_counter()
-        res = seg.segment(xyzi)
-        t2 = time.perf_counter()
-        to_rclpy_cloud(msg.header, labeled_cloud_array(xyzi, res.labels, res.confidence))
-        t3 = time.perf_counter()
-        to_rclpy_image(msg.header, draw_label_overlay(image, xyzi[:, :3], res.labels, K, T))
-        t4 = time.perf_counter()
+        _, measured = path.run(received_cloud(pts, 1_000_000_000 + i * 100_000_000))  # a 10 Hz clock
         if i < warmup:
             continue
-        st = res.timings
-        measured = {"decode": t1 - t0, "encode": t3 - t2, "overlay": t4 - t3, "total": t4 - t0,
-                    "inference": st["total"], **{k: st[k] for k in STAGES[1:5]}}
         for name, value in measured.items():
             times[name].append(value)
         if i == warmup:  # occupied voxels of one scan, for the cost curve
-            voxels.append(_count_voxels(xyzi, seg))
+            voxels.append(_count_voxels(pts, seg))
     row: dict[str, Any] = {"points": points, "scans": scans, "voxels": voxels[0] if voxels else None,
                            "stages_ms": {k: stats_ms(v) for k, v in times.items()}}
     if seg.device.type == "cuda":
@@ -147,7 +212,8 @@ def _count_voxels(xyzi: np.ndarray, seg: Any) -> int:
     if seg.max_range is not None:
         keep &= np.linalg.norm(xyzi[:, :3], axis=1) <= seg.max_range
     xyz = torch.from_numpy(np.ascontiguousarray(xyzi[keep, :3]))
-    return voxelize(xyz, torch.zeros(len(xyz), dtype=torch.int64), seg.cfg.voxel_size, 1).num_voxels
+    batch = torch.zeros(len(xyz), dtype=torch.int64)
+    return voxelize(xyz, batch, seg.cfg.architecture.voxel_size, 1).num_voxels
 
 
 def _series(rows: list[dict], stage: str, q: str) -> list[float]:
@@ -214,7 +280,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     from xkd_core.inference import Segmenter
     from xkd_ros.segment_params import SegmentNodeConfig
 
-    max_range = SegmentNodeConfig().max_range or None  # the node's default
+    max_range = SegmentNodeConfig().max_range or None  # the node's default (the pipeline's config too)
     result: dict[str, Any] = {
         "what": "per-stage latency of one scan through segment_node's per-frame path (bench/bench_stages.py)",
         "date": now_utc(), "command": command_line(), "device": args.device,

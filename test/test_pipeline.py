@@ -144,7 +144,7 @@ def test_compressed_images_are_decoded_and_broken_ones_counted() -> None:
     send_camera(pipe, "cam", T0, image(120), compressed=True)
     out = pipe.process(pipe.on_cloud(cloud(T0, scan())))
     assert len(out.views) == 1 and abs(int(out.views[0].image[5, 3, 0]) - 120) <= 3  # JPEG, nearly exact
-    assert set(out.overlays) == {"cam"}
+    assert set(out.overlays) == {"cam"} and out.overlays["cam"][0] == "cam"  # the image's frame id
     header = rosbags_header(T0 + NS_PER_S // 10, "cam", TYPESTORE)
     junk = np.frombuffer(b"\xff\xd8junk", np.uint8)
     garbage = TYPESTORE.types["sensor_msgs/msg/CompressedImage"](header=header, format="jpeg", data=junk)
@@ -250,3 +250,15 @@ def test_a_silent_camera_is_a_warning_and_the_clouds_go_on_without_it() -> None:
         assert out is not None and out.views == []
     status = pipe.diagnostics("/n", "cpu")[1]
     assert status.level == WARN and "no image within sync.slop for the last 3 clouds" in status.message
+
+
+def test_after_a_bag_loop_the_first_cloud_still_gets_the_image_that_came_before_it() -> None:
+    pipe, _, lines, _ = make(config({"cam": {"lidar_to_camera": STATIC}}))
+    for i in range(3):
+        t = T0 + 20 * NS_PER_S + i * NS_PER_S // 10
+        send_camera(pipe, "cam", t, image(i))
+        assert len(pipe.process(pipe.on_cloud(cloud(t, scan()))).views) == 1
+    send_camera(pipe, "cam", T0, image(99))  # the bag starts over: its first image comes first ...
+    out = pipe.process(pipe.on_cloud(cloud(T0, scan())))  # ... then its first cloud
+    assert pipe.stats.get("stamp.time_jump") == 1
+    assert len(out.views) == 1 and out.views[0].image[0, 0, 0] == 99

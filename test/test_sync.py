@@ -120,7 +120,8 @@ def test_time_jump_back_lidar_first() -> None:
         cache.match(100 * S + k * 100 * MS)
     m = cache.match(0)  # the LiDAR looped, the camera has not yet
     assert m.item is None and m.reason == NO_IMAGE
-    assert len(cache) == 0  # old-loop images lie in this cloud's future and are gone
+    assert len(cache) == 0  # old-loop images lie in this cloud's future and are gone ...
+    assert cache.stats()["future"] == 0 and cache.stats()["evicted"] >= 1  # ... evicted, not refused
     cache.push(5 * MS, ("loop2", 0))
     assert cache.stats()["time_jump"] == 1  # nothing left to compare against: no second jump
     assert cache.match(0).item == ("loop2", 0)

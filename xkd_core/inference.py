@@ -61,6 +61,9 @@ class Segmenter:
         #: the intensity the model was trained on (range, fill for a missing one): callers bring each
         #: driver's intensity to it (`xkd_ros.intensity`) before `segment`
         self.input_convention = input_convention or InputConvention()
+        #: the label names the checkpoint was trained with (None for an in-memory model): a caller that
+        #: publishes names or colours checks them against its own class table
+        self.class_names: tuple[str, ...] | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu", fp16: bool = False,
@@ -70,8 +73,11 @@ class Segmenter:
         dev = resolve_device(device)
         ckpt = load_checkpoint(path, map_location="cpu")
         model, cfg, hw = model_from_loaded(ckpt, path, dev, backend=backend)
-        return cls(model, cfg, hw, dev, fp16=fp16, fuse=fuse, max_range=max_range, stage_timing=stage_timing,
-                   input_convention=input_convention_from_checkpoint(ckpt, path))
+        seg = cls(model, cfg, hw, dev, fp16=fp16, fuse=fuse, max_range=max_range, stage_timing=stage_timing,
+                  input_convention=input_convention_from_checkpoint(ckpt, path))
+        names = ckpt.get("class_names")
+        seg.class_names = tuple(names) if isinstance(names, (list, tuple)) else None
+        return seg
 
     @classmethod
     def from_model(cls, model: XModelKD, cfg: ModelConfig, image_hw: tuple[int, int] | None = None,

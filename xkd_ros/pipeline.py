@@ -101,7 +101,7 @@ class FrameOutputs:
     labeled: np.ndarray  # LABELED_DTYPE, one record per input point, in input order
     shape: tuple[int, int]  # (height, width) of `labeled` (organised when height > 1)
     filtered: np.ndarray | None  # LABELED_DTYPE records without filter.drop_classes (None: not published)
-    overlays: dict[str, np.ndarray]  # camera name -> RGB overlay image
+    overlays: dict[str, tuple[str, np.ndarray]]  # camera name -> (the image's frame id, RGB overlay)
     views: list[CameraView]  # the cameras used for this frame
     labels: np.ndarray
     confidence: np.ndarray
@@ -151,6 +151,12 @@ def load_segmenter(cfg: SegmentNodeConfig, device: str, log: LogSink) -> tuple[A
                                               max_range=cfg.max_range or None)
     except (CheckpointError, FileNotFoundError) as exc:
         raise ConfigError(f"parameter 'checkpoint': {exc}") from exc
+    if segmenter.class_names != tuple(CLASS_NAMES):
+        # the node publishes label ids, colours and the class map from xkd_core.classes: a model trained
+        # on other classes would publish wrong labels without any error
+        raise ConfigError(f"parameter 'checkpoint': {checkpoint} has another class map: its class_names are "
+                          f"{segmenter.class_names!r}, this package labels with the {len(CLASS_NAMES)} "
+                          f"classes of xkd_core.classes ({', '.join(CLASS_NAMES[:3])}, ...)")
     if cfg.fuse_camera and not segmenter.fuse:
         log(WARN, f"fuse_camera is true but {checkpoint.name} has no camera branch: LiDAR branch only")
     t0 = time.monotonic()
@@ -297,13 +303,10 @@ class FramePipeline:
                 self.report("clouds_all_nonfinite", f"cloud on {topic} has no finite point ({n} NaN/inf): "
                                                     "published with label 0 everywhere")
         frame = LidarFrame(msg.header, xyzi, (int(msg.height), int(msg.width)), received)
-        if check.verdict == TIME_JUMP:
-            for cam in self.cameras.values():
-                cam.cache.clear()
+        if check.verdict == TIME_JUMP:  # each camera's cache sees the jump and keeps the new loop's images
             back = -check.delta_ns / NS_PER_S
             self.report("stamp.time_jump", f"cloud stamps on {topic} jumped back {back:.3f} s (looping bag "
-                                           "or clock reset): starting over from this stamp, camera caches "
-                                           "cleared")
+                                           "or clock reset): starting over from this stamp")
         elif check.verdict == FUTURE:
             # No image can match a wild stamp, and it must not disturb the caches' clock.
             ahead = check.delta_ns / NS_PER_S
@@ -340,13 +343,14 @@ class FramePipeline:
         labels, confidence = out
         labeled = labeled_cloud_array(frame.xyzi, labels, confidence)
         filtered = labeled[~self._drop_ids[labels]] if cfg.filter.publish else None
-        overlays: dict[str, np.ndarray] = {}
+        overlays: dict[str, tuple[str, np.ndarray]] = {}
         if views:
             self._frames_with_image += 1
             if cfg.publish_overlay and self._frames_with_image % cfg.overlay_every_n == 0:
                 for view in views:
-                    overlays[view.name] = draw_label_overlay(view.image, frame.xyzi[:, :3], labels,
-                                                             view.K, view.T)
+                    overlays[view.name] = (frame.images[view.name].frame_id or view.name,
+                                           draw_label_overlay(view.image, frame.xyzi[:, :3], labels,
+                                                              view.K, view.T))
             if self.pair_logger is not None:
                 pairs = point_pixel_pairs(frame.xyzi, [(v.K, v.T, v.hw) for v in views])
                 self.pair_logger.submit(PairSample(

@@ -312,8 +312,8 @@ class SegmentNode(Node):
         self.pipeline.frame_done(out)
         if out.filtered is not None:
             self.filtered_pub.publish(to_rclpy_cloud(out.header, out.filtered))
-        for name, overlay in out.overlays.items():
-            self.overlay_pubs[name].publish(to_rclpy_image(Header(stamp=out.header.stamp, frame_id=name),
+        for name, (frame_id, overlay) in out.overlays.items():  # in the image's own frame
+            self.overlay_pubs[name].publish(to_rclpy_image(Header(stamp=out.header.stamp, frame_id=frame_id),
                                                            overlay))
 
     # ------------------------------------------------------------------ diagnostics

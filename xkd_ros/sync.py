@@ -147,13 +147,21 @@ class NearestImageCache:
                 self._lidar_ns = t
             elif t < self._lidar_ns - self.jump_back_ns:
                 # A looping bag: the images may already have jumped back too (keep those); images
-                # of the old loop now lie in the future of this cloud and are evicted below.
+                # of the old loop now lie in the future of this cloud: evicted (not refused as future).
                 self._counts["time_jump"] += 1
                 self._lidar_ns = t
+                self._evict_old_loop(t)
             self._evict_around(t)
             result = self._nearest(t)
             self._counts[result.reason] += 1
             return result
+
+    def _evict_old_loop(self, t: int) -> None:
+        hi = bisect.bisect_right(self._stamps, t + self.max_future_ns)
+        self._counts["evicted"] += len(self._stamps) - hi
+        del self._stamps[hi:], self._items[hi:]
+        if self._newest_image_ns is not None and self._newest_image_ns > t + self.max_future_ns:
+            self._newest_image_ns = self._stamps[-1] if self._stamps else None
 
     def _evict_around(self, t: int) -> None:
         lo = bisect.bisect_left(self._stamps, t - self.max_age_ns)
