@@ -4,11 +4,12 @@ The old and the working tree's versions run interleaved in one process on the sa
 and their outputs are checked identical.
 
 Run: .venv/bin/python -m bench.ab_per_frame [--rev bdb3bf6] [--points 120000] [--reps 40] [--threads 1]
+     [--out bench/results/ab_per_frame.json]
 
 The old modules are read with `git show REV:path` into a temporary folder and imported under other
 names; the old Segmenter runs with the old voxelize patched into the model module (what it called
 then). Interleaving old and new call by call exposes both to the same machine load, so the ratio
-holds even on a busy machine where the absolute figures do not. Writes bench/results/ab_per_frame.json.
+holds even on a busy machine where the absolute figures do not. Writes `--out`.
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p.add_argument("--points", type=int, default=120_000)
     p.add_argument("--reps", type=int, default=40, help="calls of each (segment: a third of it)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", type=Path, default=RESULTS / "ab_per_frame.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     import xkd_core.models.xmodel_kd as xmodel_kd
@@ -95,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         old = {k: old_module(args.rev, path, Path(tmp)) for k, path in FILES.items()}
     new_seg = Segmenter.from_checkpoint(SHIPPED_CHECKPOINT, max_range=max_range)
     old_seg = old["inference"].Segmenter.from_checkpoint(SHIPPED_CHECKPOINT, max_range=max_range)
-    voxel_size = new_seg.cfg.voxel_size
+    voxel_size = new_seg.cfg.architecture.voxel_size
 
     def old_segment() -> Any:
         xmodel_kd.voxelize = old["voxelize"].voxelize
@@ -141,7 +143,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
               "command": command_line(), "rev_before": args.rev, "points": args.points,
               "machine": machine_info("cpu"), "torch_threads": torch.get_num_threads(),
               "load_avg_start": load_start, "load_avg_end": load_average(), "rows": rows}
-    write_json(RESULTS / "ab_per_frame.json", result)
+    write_json(args.out, result)
     return result
 
 

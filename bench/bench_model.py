@@ -23,13 +23,14 @@ import torch
 from xkd_core.data.collate import collate, prepare_sample
 from xkd_core.data.frame import CameraView, Frame
 from xkd_core.inference import Segmenter
-from xkd_core.models.xmodel_kd import ModelConfig, XModelKD
+from xkd_core.models.xmodel_kd import ArchitectureConfig, LossConfig, ModelConfig, XModelKD
 
 RESULTS = Path(__file__).resolve().parent / "results" / "model.json"
 
-SMALL = dict(voxel_size=0.1, unet_channels=[16, 32, 64], unet_decoder_channels=[32, 32], unet_blocks=1,
-             image_backbone="resnet18", image_out_indices=[1, 2], fpn_dim=32, embed_dim=32,
-             scales=[[0, 0], [1, 1]], fusion_hidden=32, max_pairs=1024)
+SMALL = dict(architecture=ArchitectureConfig(
+    voxel_size=0.1, unet_channels=[16, 32, 64], unet_decoder_channels=[32, 32], unet_blocks=1,
+    image_backbone="resnet18", image_out_indices=[1, 2], fpn_dim=32, embed_dim=32, scales=[[0, 0], [1, 1]],
+    fusion_hidden=32), losses=LossConfig(max_pairs=1024))
 
 
 def lidar_scan(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

@@ -35,11 +35,14 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script (python bench/bench_node.py): make `bench` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import (  # noqa: E402
+    BENCH_CAMERA,
     command_line,
     fastdds_profile,
     finish,
     load_average,
     machine_info,
+    node_params,
+    node_status,
     now_utc,
     random_checkpoint,
     resize_cloud,
@@ -48,7 +51,7 @@ from xkd_ros.fastdds import set_profile  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "node_cpu.json"
 TOPICS = {"cloud_in": "/bench/points", "image_in": "/bench/image", "camera_info_in": "/bench/camera_info",
-          "cloud_out": "/bench/labeled", "overlay_out": "/bench/overlay"}
+          "cloud_out": "/bench/labeled", "filtered_out": "/bench/filtered", "overlay_out": "/bench/overlay"}
 
 
 def checkpoint_path(arg: str | None, tmp: Path) -> tuple[Path, str]:
@@ -86,8 +89,7 @@ def run_row(bench: Any, tmp: Path, args: argparse.Namespace, ckpt: Path, K: np.n
     topics = {k: f"{v}/r{row}" for k, v in TOPICS.items()}
     hw = frames[0][1].shape[:2]
     params = {"checkpoint": str(ckpt), "device": args.device, "cpu_threads": args.threads,
-              "qos.input.reliability": args.input_qos, "extrinsics.lidar_to_camera": T.reshape(-1).tolist(),
-              "diagnostics_period": 1.0, **{f"topics.{k}": v for k, v in topics.items()}}
+              "qos.input.reliability": args.input_qos, "diagnostics.period": 1.0, **node_params(topics, T)}
     node = NodeProcess([write_overrides(tmp / f"params_r{row}.yaml", params)], tmp / f"node_r{row}.log")
     qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE)
     cloud_pub = bench.create_publisher(PointCloud2, topics["cloud_in"], qos)
@@ -96,15 +98,17 @@ def run_row(bench: Any, tmp: Path, args: argparse.Namespace, ckpt: Path, K: np.n
     sent: dict[int, float] = {}
     received: dict[int, float] = {}
     diag: dict[str, str] = {}
+    camera: dict[str, str] = {}
 
     def on_cloud(msg: PointCloud2) -> None:
         received[header_ns(msg.header)] = time.monotonic()
 
     def on_diag(msg: DiagnosticArray) -> None:
-        for status in msg.status:
-            if status.name.startswith("/segment_node:"):
-                diag.clear()
-                diag.update({kv.key: kv.value for kv in status.values})
+        for values, store in ((node_status(msg, "segment_node"), diag),
+                              (node_status(msg, "segment_node", f"camera {BENCH_CAMERA}"), camera)):
+            if values is not None:
+                store.clear()
+                store.update(values)
 
     subs = [bench.create_subscription(PointCloud2, topics["cloud_out"], on_cloud, qos),
             bench.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)]
@@ -156,6 +160,8 @@ def run_row(bench: Any, tmp: Path, args: argparse.Namespace, ckpt: Path, K: np.n
         "node_diagnostics": {k: diag.get(k) for k in ("latency_p50_ms", "latency_p99_ms", "latency_max_ms",
                                                        "input_rate_hz", "output_rate_hz", "frames_in",
                                                        "frames_out", "dropped", "skipped")},
+        # frames the camera was used in (its overlay published): every frame when the image pairs
+        "camera_diagnostics": {k: camera.get(k) for k in ("used", "sync.matched", "extrinsics")},
         "load_avg_start": load_start, "load_avg_end": load_average(),
     }
     if not outs:

@@ -88,7 +88,8 @@ def measure(config: str, preset: str, data: Path, out_dir: Path, device: str, st
     from xkd_core.training.trainer import Trainer
 
     overrides = [f"data.root={data}", "data.train_sequences=[0]", "data.val_sequences=[]",
-                 "model.image_pretrained=none", "optim.epochs=null", f"optim.steps={warmup + steps}",
+                 "model.architecture.image_pretrained=none", "optim.epochs=null",
+                 f"optim.steps={warmup + steps}",
                  "log_every=1000000", "val_every=0", "ckpt_every=0", f"out_dir={out_dir}", f"device={device}"]
     cfg = load_train_config(REPO / "config" / "train" / CONFIGS[config], preset, overrides)
     trainer = Trainer(cfg, progress=False)

@@ -175,3 +175,32 @@ def resize_cloud(scans: list[np.ndarray], k: int, n: int, rng: np.random.Generat
         j += 1
     keep = np.sort(rng.choice(len(pts), size=n, replace=False))
     return np.ascontiguousarray(pts[keep])
+
+
+#: The camera the node benchmarks stream: the synthetic world's left colour camera (KITTI's image_2).
+BENCH_CAMERA = "image_2"
+
+
+def node_params(topics: dict[str, str], T: np.ndarray, camera: str = BENCH_CAMERA) -> dict[str, Any]:
+    """`segment_node` parameters for a benchmark stream: its input topics (`cloud_in`, `image_in`,
+    `camera_info_in`) for one camera `camera` with the static extrinsics `T` (LiDAR -> camera), and its
+    output topics (`cloud_out`; `filtered_out` and `overlay_out` when given: the overlay is published
+    on `<overlay_out>/<camera>`)."""
+    params: dict[str, Any] = {
+        "topics.cloud_in": topics["cloud_in"], "topics.cloud_out": topics["cloud_out"],
+        "cameras.names": [camera], f"cameras.{camera}.image_topic": topics["image_in"],
+        f"cameras.{camera}.camera_info_topic": topics["camera_info_in"],
+        f"cameras.{camera}.lidar_to_camera": [float(v) for v in np.asarray(T).reshape(-1)]}
+    for key in ("filtered_out", "overlay_out", "class_map_out"):
+        if key in topics:
+            params[f"topics.{key}"] = topics[key]
+    return params
+
+
+def node_status(msg: Any, node_name: str, status: str = "segmentation") -> dict[str, str] | None:
+    """The key/values of status `/<node_name>: <status>` in a DiagnosticArray (the node also publishes
+    one status per camera, `camera <name>`), or None when the array has none."""
+    for st in msg.status:
+        if st.name == f"/{node_name}: {status}":
+            return {kv.key: kv.value for kv in st.values}
+    return None

@@ -1,10 +1,11 @@
 """Where one frame's time goes: cProfile and torch.profiler over the node's per-frame path.
 
 Run: .venv/bin/python -m bench.profile_frame [--points 120000] [--frames 10] [--threads 1] [--device cpu]
+     [--out research/bench_logs/profile_<device>.txt]
 
-The same path as `bench_stages` (decode, `Segmenter.segment`, encode, overlay) on one synthetic scan
-resized to `--points`, after two warm-up frames. Prints, and writes to
-research/bench_logs/profile_<device>.txt (a raw log, not a results file), the top functions by own
+The same path as `bench_stages` (`bench_stages.NodeFramePath`: the node's `FramePipeline` with one
+camera, then the messages it publishes) on one synthetic scan resized to `--points`, after two
+warm-up frames. Prints, and writes to `--out` (a raw log, not a results file), the top functions by own
 time (cProfile) and the top torch operators by self time (torch.profiler), which is how the
 per-frame bottlenecks outside the sparse convolutions were found (docs/performance.md, "What was
 optimised").
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench.bench_stages import received_cloud, synthetic_pool
+from bench.bench_stages import NodeFramePath, received_cloud, synthetic_pool
 from bench.common import REPO, load_average, resize_cloud, resolve_checkpoint
 
 
@@ -35,26 +36,23 @@ def main(argv: Sequence[str] | None = None) -> str:
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--checkpoint", default="shipped")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--out", type=Path, default=None, help="default research/bench_logs/profile_<device>.txt")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     from xkd_core.inference import Segmenter
-    from xkd_core.overlay import draw_label_overlay
-    from xkd_ros.image import to_rclpy_image
-    from xkd_ros.pointcloud import cloud_to_xyzi, labeled_cloud_array, to_rclpy_cloud
     from xkd_ros.segment_params import SegmentNodeConfig
 
     pool, image, K, T = synthetic_pool(2, 0)
-    msg = received_cloud(resize_cloud(pool, 0, args.points, np.random.default_rng(0)), 1)
+    points = resize_cloud(pool, 0, args.points, np.random.default_rng(0))
     with tempfile.TemporaryDirectory() as tmp:
         ckpt, kind = resolve_checkpoint(args.checkpoint, Path(tmp))
         max_range = SegmentNodeConfig().max_range or None  # the node's default
         seg = Segmenter.from_checkpoint(ckpt, device=args.device, max_range=max_range)
+    path = NodeFramePath(seg, image, K, T)
+    stamps = iter(range(10**9, 10**12, 10**8))  # a 10 Hz clock: the node refuses repeated stamps
 
     def frame() -> None:
-        xyzi = cloud_to_xyzi(msg)
-        res = seg.segment(xyzi)
-        to_rclpy_cloud(msg.header, labeled_cloud_array(xyzi, res.labels, res.confidence))
-        to_rclpy_image(msg.header, draw_label_overlay(image, xyzi[:, :3], res.labels, K, T))
+        path.run(received_cloud(points, next(stamps)))
 
     for _ in range(2):
         frame()
@@ -77,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     text.write("\n## torch.profiler, operators by self time\n")
     text.write(tp.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
     report = text.getvalue()
-    out = REPO / "research" / "bench_logs" / f"profile_{args.device}.txt"
+    out = args.out or REPO / "research" / "bench_logs" / f"profile_{args.device}.txt"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
     print(report)

@@ -36,19 +36,21 @@ from typing import Any
 
 import numpy as np
 
+from bench.common import node_params, node_status
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "soak.json"
 PLOT = REPO / "docs" / "img" / "soak_cpu.png"
 NODE = "xkd_soak"
 TOPICS = {"cloud_in": "/soak/points", "image_in": "/soak/image", "camera_info_in": "/soak/camera_info",
-          "cloud_out": "/soak/labeled", "overlay_out": "/soak/overlay"}
+          "cloud_out": "/soak/labeled", "filtered_out": "/soak/filtered", "overlay_out": "/soak/overlay"}
 #: Diagnostics values sampled (numbers).
 DIAG_KEYS = ("input_rate_hz", "output_rate_hz", "latency_p50_ms", "latency_p99_ms", "frames_in", "frames_out",
-             "dropped", "skipped", "queue.waiting_frame", "queue.image_cache", "queue.sync_pending",
+             "dropped", "skipped", "queue.waiting_frame", "queue.image_cache",
              "pair_log.queued", "pair_log.written", "pair_log.dropped_queue_full",
              "pair_log.deleted_for_budget", "pair_log.errors", "pair_log.files_on_disk",
              "pair_log.bytes_on_disk", "process.rss_mb", "process.threads")
-QUEUE_KEYS = ("queue.waiting_frame", "queue.image_cache", "queue.sync_pending", "pair_log.queued")
+QUEUE_KEYS = ("queue.waiting_frame", "queue.image_cache", "pair_log.queued")
 #: Small enough that a few minutes of logging (~1 MB per logged frame, one frame in 10) reach it.
 PAIR_LOG_BUDGET_MB = 5
 
@@ -247,10 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp_dir)
         params = {"checkpoint": str(checkpoint), "device": args.device, "cpu_threads": args.threads,
                   "qos.input.reliability": "reliable",  # best-effort clouds > 512 KB are lost in fragments
-                  "extrinsics.lidar_to_camera": T.reshape(-1).tolist(), "diagnostics_period": 1.0,
-                  "log_pairs": not args.no_pair_log, "pair_log_dir": str(tmp / "pairs"),
-                  "pair_log_every_n": 10, "pair_log_queue": 4, "pair_log_disk_budget_mb": PAIR_LOG_BUDGET_MB,
-                  **{f"topics.{k}": v for k, v in TOPICS.items()}}
+                  "diagnostics.period": 1.0, "log_pairs": not args.no_pair_log,
+                  "pair_log.dir": str(tmp / "pairs"), "pair_log.every_n": 10, "pair_log.queue": 4,
+                  "pair_log.disk_budget_mb": PAIR_LOG_BUDGET_MB, **node_params(TOPICS, T)}
         node = NodeProcess([write_overrides(tmp / "params.yaml", params, NODE)], tmp / "node.log",
                            extra_ros_args=["-r", f"__node:={NODE}"])
         proc = psutil.Process(node.pid)
@@ -268,10 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             received[header_ns(msg.header)] = time.monotonic()
 
         def on_diag(msg: DiagnosticArray) -> None:
-            for status in msg.status:
-                if status.name.startswith(f"/{NODE}:"):
-                    diag.clear()
-                    diag.update({kv.key: kv.value for kv in status.values})
+            values = node_status(msg, NODE)
+            if values is not None:
+                diag.clear()
+                diag.update(values)
 
         me.create_subscription(PointCloud2, TOPICS["cloud_out"], on_cloud, qos)
         me.create_subscription(DiagnosticArray, "/diagnostics", on_diag, 10)
