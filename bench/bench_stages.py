@@ -41,6 +41,7 @@ from bench.common import (
     BENCH_CAMERA,
     IMAGES,
     RESULTS,
+    STAGES,
     command_line,
     finish,
     load_average,
@@ -52,7 +53,6 @@ from bench.common import (
 )
 
 #: Stages in the order the node runs them; `total` is their sum per scan.
-STAGES = ("decode", "preprocess", "voxelize", "forward_3d", "gather", "outputs", "encode", "overlay")
 SIZES = (30_000, 60_000, 120_000, 240_000)
 
 

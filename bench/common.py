@@ -204,3 +204,8 @@ def node_status(msg: Any, node_name: str, status: str = "segmentation") -> dict[
         if st.name == f"/{node_name}: {status}":
             return {kv.key: kv.value for kv in st.values}
     return None
+
+
+#: The node's per-frame stages as bench_stages times them, in pipeline order (bench/report.py renders
+#: the ones a results file has).
+STAGES = ("decode", "preprocess", "voxelize", "forward_3d", "gather", "outputs", "encode", "overlay")

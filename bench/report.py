@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO, RESULTS
+from bench.common import REPO, RESULTS, STAGES
 from experiments.kd_vs_baseline import fmt, paired_vs_baseline
 
 DOCS = (REPO / "README.md", REPO / "docs" / "results.md", REPO / "docs" / "performance.md",
@@ -30,7 +30,6 @@ DOCS = (REPO / "README.md", REPO / "docs" / "results.md", REPO / "docs" / "perfo
 SEMANTICKITTI_TRAIN_SCANS = 19_130
 #: The experiment results docs/results.md and the README present as the current state (section_camera_gain).
 CAMERA_GAIN = "camera_gain.json"
-STAGES = ("decode", "preprocess", "voxelize", "forward_3d", "gather", "encode", "overlay")
 #: SPEC section 6.
 TARGET_GPU_INFERENCE_MS = 15.0
 TARGET_NODE_P99_MS = 50.0
@@ -128,14 +127,16 @@ def section_stages(results: Path) -> str:
         if data.get("note"):
             block[0] += f" _{data['note']}._"
         if data["rows"]:
-            header = ["backend", "prec.", "points", "voxels", *STAGES, "**total**", "inference", "share 3D"]
+            # the stages this file measured, in the pipeline's order (older files lack `outputs`)
+            stages = [k for k in STAGES if k in data["rows"][0]["stages_ms"]]
+            header = ["backend", "prec.", "points", "voxels", *stages, "**total**", "inference", "share 3D"]
             if any("cuda_max_memory_mb" in r for r in data["rows"]):
                 header.append("CUDA peak")
             rows = []
             for r in data["rows"]:
                 st = r["stages_ms"]
                 cells = [r["backend"], r["precision"], f"{r['points'] // 1000}k", r.get("voxels") or "-"]
-                cells += [f"{_num(st[k]['p50'])} / {_num(st[k]['p99'])}" for k in STAGES]
+                cells += [f"{_num(st[k]['p50'])} / {_num(st[k]['p99'])}" for k in stages]
                 cells += [f"**{_num(st['total']['p50'])} / {_num(st['total']['p99'])}**",
                           f"{_num(st['inference']['p50'])} / {_num(st['inference']['p99'])}",
                           f"{100 * st['forward_3d']['p50'] / max(st['total']['p50'], 1e-9):.0f}%"]
