@@ -196,6 +196,22 @@ def stage_eval(args: argparse.Namespace) -> None:
         list(pool.map(one, jobs))
 
 
+def as_fraction(metrics: dict) -> dict:
+    """An xkd-eval metrics.json with mIoU and IoU as 0..1 fractions: those written before xkd-eval
+    reported percent (no `unit`) already are; `unit: percent` ones are divided by 100."""
+    if metrics.get("unit") != "percent":
+        return metrics
+    out = dict(metrics)
+    for part in ("full", "frustum"):
+        if isinstance(out.get(part), dict):
+            d = dict(out[part])
+            d["miou"] = None if d.get("miou") is None else d["miou"] / 100.0
+            d["per_class_iou"] = {k: None if v is None else v / 100.0
+                                  for k, v in d.get("per_class_iou", {}).items()}
+            out[part] = d
+    return out
+
+
 def mean_sd(values: list[float]) -> dict[str, float]:
     """Mean and sample standard deviation in percent."""
     pct = [100.0 * v for v in values]
@@ -222,7 +238,7 @@ def collect(args: argparse.Namespace) -> dict:
             rows: dict[str, dict] = {}
             for sub, fused in eval_dirs(m, args.val_sequence).items():
                 files = [run_dir(args, k, m, s) / sub / "metrics.json" for s in args.seeds]
-                metrics = [json.loads(f.read_text()) for f in files]
+                metrics = [as_fraction(json.loads(f.read_text())) for f in files]
                 stale = [str(f) for f, d in zip(files, metrics, strict=True)
                          if scored_elsewhere(d, args.data / w)]
                 if stale:

@@ -139,3 +139,37 @@ def test_collate_offsets_label_pixels_and_drops_them_unless_every_sample_has_the
     assert batch.label_class.tolist() == a.label_class.tolist() + b.label_class.tolist()
     assert torch.equal(batch.label_uv[n_a:], torch.from_numpy(b.label_uv))
     assert collate([a, prepare_sample(frames[1], **kw)]).label_class is None
+
+
+def test_a_view_sample_warps_image_and_dense_labels_alike():
+    """Crop, resize and flip move the class ids with the pixels they label (nearest, exact pixel
+    centres); colour jitter touches the image only."""
+    from xkd_core.data.collate import collate_views, prepare_view_sample
+
+    colours = np.array([[0, 0, 0], [250, 0, 0], [0, 250, 0], [0, 0, 250], [250, 250, 0]], np.uint8)
+    classes = np.zeros((90, 160), np.uint8)
+    yy, xx = np.mgrid[:90, :160]
+    classes[:] = 1 + (xx // 40 + 2 * (yy // 45)) % 4  # 8 blocks of 4 classes
+    image = colours[classes]
+    aug = ImageAugConfig(crop_scale=(0.6, 0.8), hflip=1.0, brightness=0.1)
+    s = prepare_view_sample(image, classes, train=True, rng=np.random.default_rng(3), image_aug=aug,
+                            image_hw=(36, 64), meta=("00", "000001", "CAM_FRONT"))
+    assert s.image.shape == (36, 64, 3) and s.classes.shape == (36, 64) and s.classes.dtype == np.uint8
+    assert set(np.unique(s.classes)) <= {1, 2, 3, 4}
+    # inside a block (its 3x3 neighbourhood one class) the colour is the class's colour
+    inner = np.ones_like(s.classes, bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            inner[1:-1, 1:-1] &= s.classes[1 + dy:35 + dy, 1 + dx:63 + dx] == s.classes[1:-1, 1:-1]
+    inner[[0, -1]] = inner[:, [0, -1]] = False
+    assert inner.sum() > 1000
+    dominant = s.image[inner].argmax(1)  # red, green, blue; class 4 (yellow): red or green
+    cls = s.classes[inner]
+    assert np.all(np.where(cls == 4, dominant <= 1, dominant == cls - 1))
+    plain = prepare_view_sample(image, classes, train=False, rng=None, image_aug=None, image_hw=(45, 80))
+    assert np.array_equal(plain.classes, classes[1::2, 1::2])  # halving: nearest of the odd centres
+    batch = collate_views([s, s])
+    assert batch.images.shape == (2, 3, 36, 64) and batch.classes.dtype == torch.int64
+    assert batch.num_samples == 2 and batch.meta[0] == ("00", "000001", "CAM_FRONT")
+    with pytest.raises(ValueError, match="differ in size"):
+        prepare_view_sample(image, classes[:80], train=False, rng=None, image_aug=None, image_hw=(36, 64))

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from xkd_core.losses import cross_entropy, info_nce, kd_kl, lovasz_softmax
+from xkd_core.losses import cross_entropy, info_nce, kd_kl, kd_kl_log_probs, lovasz_softmax, mean_distribution
 
 
 @pytest.fixture(autouse=True)
@@ -100,3 +100,27 @@ def test_cross_entropy_ignores_label_zero_and_never_returns_nan():
     assert float(empty) == 0.0
     empty.backward()  # still attached to the graph
     assert logits.grad is not None
+
+
+def test_mean_distribution_averages_probabilities_not_logits():
+    # point 0 seen by two views that disagree, point 1 by one view
+    logits = torch.tensor([[4.0, 0.0], [0.0, 0.0], [0.0, 2.0]])
+    index = torch.tensor([0, 0, 1])
+    T = 2.0
+    got = mean_distribution(logits, index, 2, T).exp()
+    s = 1 / (1 + math.exp(-2.0))  # softmax([2, 0])[0]
+    assert got[0].tolist() == pytest.approx([(s + 0.5) / 2, (1 - s + 0.5) / 2], abs=1e-6)
+    one = 1 / (1 + math.exp(-1.0))  # softmax([0, 2] / T)[1]
+    assert got[1].tolist() == pytest.approx([1 - one, one], abs=1e-6)
+    # (the mean of logits, [2, 0] / T, would give softmax([1, 0])[0] = 0.73 for point 0, not 0.69)
+    assert got[0, 0].item() < one - 0.03
+    with pytest.raises(ValueError, match="T must be > 0"):
+        mean_distribution(logits, index, 2, 0.0)
+
+
+def test_kd_kl_towards_log_probabilities_matches_kd_kl_for_one_view():
+    student, teacher = torch.randn(6, 5), torch.randn(6, 5)
+    one_view = mean_distribution(teacher, torch.arange(6), 6, 3.0)
+    want = float(kd_kl(student, teacher, 3.0))
+    assert float(kd_kl_log_probs(student, one_view, 3.0)) == pytest.approx(want, rel=1e-5)
+    assert float(kd_kl_log_probs(torch.zeros(0, 5), torch.zeros(0, 5), 3.0)) == 0.0

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from model_fixtures import camera, random_frame, tiny_config
 
 from xkd_core.config import ConfigError, from_dict, to_dict
-from xkd_core.data.collate import collate, prepare_sample
+from xkd_core.data.collate import ImageBatch, collate, prepare_sample
 from xkd_core.geometry.voxelize import voxelize
-from xkd_core.losses import kd_kl
+from xkd_core.losses import info_nce, kd_kl
 from xkd_core.models.camera_branch import CameraBranch, build_encoder, sample_at_pixels
 from xkd_core.models.model_config import REMOVED, migrate_model_dict
 from xkd_core.models.sparse_unet import SparseUNet, point_rows_at_level
@@ -284,3 +284,122 @@ def test_2d_cross_entropy_uses_the_camera_labels_when_the_batch_has_them():
     assert 0 < int(keep.sum()) < 50 or bool(keep.all())
     expected = F.cross_entropy(logits[keep], few.label_class[keep])
     assert torch.allclose(model.loss(out, few)["ce_2d"], expected)
+
+
+# --------------------------------------------------------------- stages: teacher, frozen teacher, no labels
+
+
+def test_a_frozen_camera_branch_only_teaches():
+    """freeze_camera: eval mode under train(), no gradient, no 2D loss, BatchNorm statistics kept; the
+    KL, the fused head and the projection heads still learn."""
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(freeze_camera=True, kd_teacher="2d", wc=0.1)).train()
+    assert model.camera_frozen and not model.image_net.training and model.unet.training
+    assert not any(p.requires_grad for p in model.image_net.parameters())
+    stats = {k: v.clone() for k, v in model.image_net.state_dict().items()}
+    batch = _batch(8)
+    out = model(batch)
+    assert not out["logits_2d"].requires_grad
+    losses = model.loss(out, batch)
+    assert "ce_2d" not in losses and losses["kd"] > 0
+    w, kd = model.cfg.losses, model.cfg.distillation
+    expected = (losses["ce_3d"] + w.w_lovasz * losses["lovasz_3d"] + w.w_fused * losses["ce_fused"]
+                + w.wc * losses["contrastive"] + kd.wkd * losses["kd"])
+    torch.testing.assert_close(losses["total"], expected)
+    losses["total"].backward()
+    assert all(p.grad is None for p in model.image_net.parameters())
+    assert all(torch.equal(v, stats[k]) for k, v in model.image_net.state_dict().items())  # running stats too
+    for head in (model.fusion_head, model.proj_2d, model.proj_3d, model.unet):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in head.parameters())
+
+
+def test_the_2d_teacher_of_a_point_seen_twice_is_the_mean_of_both_distributions():
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(kd_teacher="2d", kd_average="paired")).train()
+    batch = _batch(2)
+    out = model(batch)
+    kd = model.loss(out, batch)["kd"]
+    T = model.cfg.distillation.kd_T
+    pairs = sample_at_pixels(out["logits_2d"], batch.pair_image, batch.pair_uv, batch.image_hw).detach()
+    fused = out["fused_point"].tolist()
+    twice = 0
+    by_hand = []
+    for point in fused:  # one point at a time, its views listed by hand
+        views = (batch.pair_point == point).nonzero().flatten()
+        twice += len(views) == 2
+        teacher = F.softmax(pairs[views] / T, dim=1).mean(0)
+        student = F.log_softmax(out["logits_3d"][point].detach() / T, dim=0)
+        by_hand.append((teacher * (teacher.log() - student)).sum() * T * T)
+    assert twice > 0
+    torch.testing.assert_close(kd.detach(), torch.stack(by_hand).mean(), rtol=1e-4, atol=1e-6)
+
+
+def test_pairs_on_one_voxel_are_not_each_others_negatives():
+    """The 3D embedding of a scale is its voxel's: pairs whose points share that voxel share it too, so
+    InfoNCE leaves them out of each other's denominators (the other views of a point among them)."""
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(wc=1.0, max_pairs=4096)).eval()
+    batch = _batch(5)
+    with torch.no_grad():
+        out = model(batch)
+        got = model.loss(out, batch)["contrastive"]
+    want, shared = 0.0, []
+    tau = model.cfg.losses.tau
+    for e3, e2, rows in zip(out["emb_3d"], out["emb_2d"], out["nce_rows"]):
+        same = rows[:, None] == rows[None, :]
+        shared.append(int(same.sum()) - len(rows))
+        want = want + info_nce(e3, e2, tau, same)
+        sel = batch.pair_point[out["nce_pairs"]]
+        assert bool(same[sel[:, None] == sel[None, :]].all())  # the same point is always the same voxel
+    assert shared[-1] > shared[0] > 0  # coarser scales hold more pairs per voxel
+    torch.testing.assert_close(got, want)
+
+
+def test_a_batch_without_labels_trains_through_the_camera_terms_alone():
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(kd_teacher="2d")).train()
+    batch = _batch(9)
+    for unlabeled in (dataclasses.replace(batch, labels=None),
+                      dataclasses.replace(batch, labels=torch.zeros_like(batch.labels))):
+        model.zero_grad(set_to_none=True)
+        losses = model.loss(model(unlabeled), unlabeled)
+        assert all(torch.isfinite(v) for v in losses.values())
+        for k in ("ce_3d", "lovasz_3d", "ce_2d", "ce_fused"):
+            assert losses[k].item() == 0.0
+        assert losses["kd"] > 0 and losses["contrastive"] > 0
+        losses["total"].backward()
+        assert model.unet.stem[0].weight.grad.abs().sum() > 0
+
+
+def test_without_infonce_weight_training_skips_the_embeddings():
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(wc=0.0)).train()
+    batch = _batch(1)
+    assert "emb_3d" not in model(batch) and model.loss(model(batch), batch)["contrastive"].item() == 0.0
+    with torch.no_grad():
+        assert "emb_3d" in model.eval()(batch)  # evaluation still reports them
+
+
+def test_an_image_batch_runs_the_camera_branch_alone_with_dense_labels():
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config()).train()
+    images = torch.randn(3, 3, *HW)
+    classes = torch.randint(0, 20, (3, *HW))
+    batch = ImageBatch(images, classes)
+    out = model(batch)
+    logits = out["logits_2d"]
+    assert set(out) == {"logits_2d"} and logits.shape == (3, 20, *HW)
+    # a pixel's logit is what a point projected on that pixel centre reads from the coarse logits
+    coarse = model.image_net(images)[1]
+    uv = torch.tensor([[0.0, 0.0], [HW[1] - 1.0, HW[0] - 1.0], [17.0, 9.0]])
+    img = torch.tensor([0, 1, 2])
+    at = sample_at_pixels(coarse, img, uv, HW)
+    torch.testing.assert_close(logits[img, :, uv[:, 1].long(), uv[:, 0].long()], at)
+    losses = model.loss(out, batch)
+    flat, target = logits.permute(0, 2, 3, 1).reshape(-1, 20), classes.reshape(-1)
+    keep = target != 0
+    torch.testing.assert_close(losses["ce_2d"], F.cross_entropy(flat[keep], target[keep]))
+    assert losses["total"] is losses["ce_2d"]
+    losses["total"].backward()
+    assert model.image_net.encoder.conv1.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.unet.parameters())

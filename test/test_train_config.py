@@ -124,7 +124,7 @@ def test_sequence_ids_accept_yaml_ints_and_strings() -> None:
 
 
 def test_unknown_preset_and_missing_file() -> None:
-    available = r"available: \['semantickitti', 'synth_small'\]"
+    available = r"available: \['semantickitti', 'synth_small', 'synth_surround'\]"
     with pytest.raises(ConfigError, match=r"unknown preset 'nope'; " + available):
         load_train_config(XKD, "nope")
     with pytest.raises(ConfigError, match="config file not found"):
@@ -276,3 +276,33 @@ def test_bad_base_chains_are_refused_by_name(tmp_path: Path, files: dict, messag
         _write(tmp_path / name, text)
     with pytest.raises(ConfigError, match=message):
         load_train_config(tmp_path / "a.yaml")
+
+
+def test_the_surround_stages_share_one_network_and_the_baseline_its_3d_part() -> None:
+    """synth_surround: the camera teacher, contrastive pretraining and the student build the same model
+    (a checkpoint of one stage loads into the next), and the baseline is its 3D network."""
+    cfgs = {name: load_train_config(CONFIGS / f"{name}.yaml", "synth_surround")
+            for name in ("camera_teacher", "contrastive_pretrain", "xmodel_kd", "baseline_lidar")}
+    teacher = cfgs["camera_teacher"]
+    assert teacher.stage == "camera" and not teacher.model.distillation.freeze_camera
+    student = cfgs["xmodel_kd"]
+    assert student.stage == "lidar" and student.model.distillation.freeze_camera
+    assert student.model.distillation.kd_teacher == "2d" and student.init_modules == ["image_net"]
+    assert student.init_checkpoint == str(Path(cfgs["camera_teacher"].out_dir) / "last.pt")
+    assert student.model.architecture.image_pretrained == "imagenet" and student.data.cameras == ["all"]
+    pre = cfgs["contrastive_pretrain"]
+    assert pre.data.labeled_scans == 0 and pre.model.losses.wc > 0 and pre.model.distillation.wkd == 0
+    for name in ("camera_teacher", "contrastive_pretrain"):
+        assert cfgs[name].model.architecture == student.model.architecture
+    base = to_dict(cfgs["baseline_lidar"])
+    assert base["init_checkpoint"] is None and base["init_modules"] is None
+    xkd = to_dict(student)
+    for d in (xkd, base):
+        for key in ("out_dir", "init_checkpoint", "init_modules"):
+            d.pop(key)
+        d["model"].pop("use_camera")
+        for section, keys in {**CAMERA_ONLY, "distillation": CAMERA_ONLY["distillation"] | {"freeze_camera"}
+                              }.items():
+            for key in keys:
+                d["model"][section].pop(key)
+    assert xkd == base

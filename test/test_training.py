@@ -16,6 +16,7 @@ import pytest
 import torch
 from train_fixtures import HW, ddp_worker, write_synth
 
+from xkd_core.classes import CLASS_NAMES
 from xkd_core.config import ConfigError, to_dict
 from xkd_core.data.dataset import SemanticKittiDataset
 from xkd_core.geometry.projection import point_pixel_pairs
@@ -379,8 +380,15 @@ def test_xkd_eval_writes_metrics_and_pictures(baseline_run, scene_root: Path, tm
     assert np.asarray(m["full"]["confusion_matrix"]).sum() == labelled == m["full"]["num_points"]
     assert np.asarray(m["frustum"]["confusion_matrix"]).sum() == in_view
     assert 0 < in_view < labelled
+    assert m["unit"] == "percent"
     for part in ("full", "frustum"):
-        assert 0.0 <= m[part]["miou"] <= 1.0
+        assert 0.0 <= m[part]["miou"] <= 100.0
+        iou = [v for v in m[part]["per_class_iou"].values() if v is not None]
+        assert m[part]["miou"] == pytest.approx(sum(iou) / len(iou))  # the mean of percent IoUs
+        cm = np.asarray(m[part]["confusion_matrix"], dtype=np.float64)
+        road = CLASS_NAMES.index("road")
+        tp, fn, fp = cm[road, road], cm[road].sum() - cm[road, road], cm[1:, road].sum() - cm[road, road]
+        assert m[part]["per_class_iou"]["road"] == pytest.approx(100.0 * tp / (tp + fn + fp))
         assert {"road", "car", "building"} <= set(m[part]["classes_present"])
     assert m["latency_ms"]["p50"] > 0
     for name in ("confusion_full.png", "confusion_frustum.png", "iou_per_class.png"):

@@ -92,8 +92,35 @@ def kd_kl(student_logits: Tensor, teacher_logits: Tensor, T: float) -> Tensor:
                          f"{tuple(teacher_logits.shape)} differ in shape")
     if not T > 0:
         raise ValueError(f"kd_kl: T must be > 0, got {T}")
+    return kd_kl_log_probs(student_logits, F.log_softmax(teacher_logits.detach().float() / T, dim=1), T)
+
+
+def kd_kl_log_probs(student_logits: Tensor, teacher_log_probs: Tensor, T: float) -> Tensor:
+    """`kd_kl` towards a teacher given as log-probabilities (already tempered), e.g. a distribution
+    averaged over the views that see a point (`mean_distribution`)."""
+    if student_logits.shape != teacher_log_probs.shape:
+        raise ValueError(f"kd_kl: student {tuple(student_logits.shape)} and teacher "
+                         f"{tuple(teacher_log_probs.shape)} differ in shape")
+    if not T > 0:
+        raise ValueError(f"kd_kl: T must be > 0, got {T}")
     if student_logits.shape[0] == 0:
         return _zero(student_logits)
     log_s = F.log_softmax(student_logits.float() / T, dim=1)
-    log_t = F.log_softmax(teacher_logits.detach().float() / T, dim=1)
+    log_t = teacher_log_probs.detach().float()
     return F.kl_div(log_s, log_t, log_target=True, reduction="batchmean") * (T * T)
+
+
+def mean_distribution(logits: Tensor, index: Tensor, size: int, T: float) -> Tensor:
+    """(size, C) log of the mean of softmax(logits / T) over the rows that share an `index`.
+
+    Why the mean of distributions, not of logits: a point seen by two cameras gets a teacher that
+    is a mixture of both views' beliefs (a confident view and an unsure one give a mixture that is
+    still confident where both agree), and one view's extreme logits cannot outvote the other.
+    Every index in [0, size) must occur at least once.
+    """
+    if not T > 0:
+        raise ValueError(f"mean_distribution: T must be > 0, got {T}")
+    probs = F.softmax(logits.detach().float() / T, dim=1)
+    total = probs.new_zeros((size, probs.shape[1])).index_add_(0, index, probs)
+    count = torch.bincount(index, minlength=size).clamp_min(1).to(probs.dtype)
+    return torch.log((total / count[:, None]).clamp_min(1e-12))

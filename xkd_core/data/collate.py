@@ -4,6 +4,8 @@
 augments points and images, resizes every image to one network size and recomputes the point-pixel
 pairs from the augmented calibration, so pairs are exact by construction. `collate` concatenates
 samples with global point / image indices, the layout the sparse network and `grid_sample` want.
+The camera teacher's stage (`stage: camera`) trains on single images with dense class labels instead:
+`prepare_view_sample` warps image and labels with one drawn augmentation, `collate_views` stacks them.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torch import Tensor
@@ -19,10 +22,14 @@ from xkd_core.data.frame import CameraView, Frame
 from xkd_core.geometry.augment import (
     ImageAugConfig,
     PointAugConfig,
+    ViewAugParams,
     augment_view,
+    colour_jitter,
     resize_view,
     sample_point_transform,
+    sample_view_aug,
     transform_points,
+    warp_image,
 )
 from xkd_core.geometry.projection import point_pixel_pairs, views_of
 
@@ -228,3 +235,81 @@ def collate(samples: list[Sample]) -> Batch:
         label_uv=label_uv,
         label_class=label_class,
     )
+
+
+# ----------------------------------------------------------------------- images with dense labels
+
+
+@dataclass
+class ViewSample:
+    """One camera image and its per-pixel learning ids, augmented and resized to the network size."""
+
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    classes: np.ndarray  # (H, W) uint8 learning ids, 0 = ignore
+    meta: tuple[str, str, str] = ("", "", "")  # (sequence, frame_id, view)
+
+
+def prepare_view_sample(
+    image: np.ndarray,
+    classes: np.ndarray,
+    *,
+    train: bool,
+    rng: np.random.Generator | None,
+    image_aug: ImageAugConfig | None,
+    image_hw: tuple[int, int],
+    meta: tuple[str, str, str] = ("", "", ""),
+) -> ViewSample:
+    """The same crop / resize / flip for the image (area or bilinear) and its labels (nearest, exact
+    pixel centres), colour jitter on the image only; without `train` a plain resize to `image_hw`."""
+    if image.shape[:2] != classes.shape[:2]:
+        raise ValueError(f"image {image.shape[:2]} and class image {classes.shape[:2]} differ in size")
+    if len(image_hw) != 2 or min(image_hw) < 1:
+        raise ValueError(f"image_hw must be (H, W) with H, W >= 1, got {image_hw}")
+    out_hw = (int(image_hw[0]), int(image_hw[1]))
+    h, w = image.shape[:2]
+    if train and image_aug is not None:
+        if rng is None:
+            raise ValueError("prepare_view_sample: rng is required when training with augmentation")
+        params = sample_view_aug(rng, image_aug, (h, w), out_hw)
+    else:
+        params = ViewAugParams(0, 0, w, h, out_hw[0], out_hw[1])
+    rgb = colour_jitter(warp_image(image, params), params)
+    ids = warp_image(np.ascontiguousarray(classes, dtype=np.uint8), params, cv2.INTER_NEAREST_EXACT)
+    return ViewSample(rgb, ids, meta)
+
+
+@dataclass
+class ImageBatch:
+    """Images with dense per-pixel labels: the batch of the camera teacher's stage."""
+
+    images: Tensor  # (I, 3, H, W) float32 ImageNet-normalised
+    classes: Tensor  # (I, H, W) int64 learning ids, 0 = ignore
+    meta: list[tuple[str, str, str]] = field(default_factory=list)  # (sequence, frame_id, view)
+
+    @property
+    def num_samples(self) -> int:
+        """Images in the batch (the unit of the trainer's throughput log)."""
+        return int(self.images.shape[0])
+
+    @property
+    def image_hw(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> ImageBatch:
+        return ImageBatch(self.images.to(device, non_blocking=non_blocking),
+                          self.classes.to(device, non_blocking=non_blocking), self.meta)
+
+    def pin_memory(self) -> ImageBatch:
+        return ImageBatch(self.images.pin_memory(), self.classes.pin_memory(), self.meta)
+
+
+def collate_views(samples: list[ViewSample]) -> ImageBatch:
+    """Stack view samples (all of one size) into an `ImageBatch`."""
+    if not samples:
+        raise ValueError("collate_views: no samples")
+    shapes = {s.image.shape for s in samples}
+    if len(shapes) != 1:
+        raise ValueError(f"collate_views: images of different sizes {sorted(shapes)}; resize them first")
+    images = normalize_images(np.stack([s.image for s in samples]))
+    classes = torch.from_numpy(np.stack([s.classes for s in samples]).astype(np.int64))
+    return ImageBatch(images, classes, [s.meta for s in samples])

@@ -3,11 +3,14 @@
 The index (scans, label files, images, calibration) is checked when the dataset is built, so a
 missing file fails at start-up with its path rather than hours into training; only a label count
 that disagrees with its scan needs the files read and is reported when the frame is loaded.
+`ViewImageDataset` serves the camera images of the same sequences one view at a time with their
+per-pixel class ids (`class_<view>/`), the dense 2D labels a camera teacher trains on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ from xkd_core.data.semantickitti import (
     SPLITS,
     DataFormatError,
     frame_ids,
+    read_class_image,
     read_image,
     read_labels,
     read_points,
@@ -111,3 +115,60 @@ class SemanticKittiDataset(Dataset):
                                       f"{view.name} is calibrated for {view.width}x{view.height}")
             views.append(CameraView(image, view.K.copy(), view.T.copy(), view.name))
         return Frame(points, labels, instance, views, seq, fid)
+
+
+@dataclass
+class LabeledImage:
+    """One camera image with its per-pixel learning ids (0 = ignore: sky, haze, unlabeled)."""
+
+    image: np.ndarray  # (H, W, 3) uint8 RGB
+    classes: np.ndarray  # (H, W) uint8 learning ids
+    sequence: str
+    frame_id: str
+    view: str
+
+
+class ViewImageDataset(Dataset):
+    """Every (frame, view) image of SemanticKITTI-format sequences whose views have class images.
+
+    Items are `LabeledImage`s: the raw ids of `class_<view>/` mapped to learning ids. A selected view
+    without class images (`class_dir` in `views.yaml`) is an error at construction, as is a missing
+    image or class image.
+    """
+
+    def __init__(self, root: str | Path, sequences: Sequence[str], cameras: str | Sequence[int | str] = "all"
+                 ) -> None:
+        if isinstance(sequences, (str, int)) or not sequences:
+            raise ValueError(f"ViewImageDataset needs a non-empty list of sequence ids, got {sequences!r}")
+        self.root = Path(root)
+        self._index: list[tuple[Path, str, str, ViewCalib]] = []
+        for seq in sequences:
+            seq_dir = sequence_dir(self.root, seq)
+            if not seq_dir.is_dir():
+                raise DataFormatError(f"missing sequence folder: {seq_dir}")
+            views = select_views(seq_dir, camera_selectors(cameras))
+            unlabeled = [v.name for v in views if v.class_dir is None]
+            if unlabeled:
+                raise DataFormatError(f"{seq_dir}: view(s) {unlabeled} have no class images (class_dir in "
+                                      "views.yaml); generate them with xkd-synth --class-images")
+            for fid in frame_ids(seq_dir):
+                for view in views:
+                    for path in (view.image_path(seq_dir, fid), view.class_path(seq_dir, fid)):
+                        if not path.is_file():
+                            raise DataFormatError(f"missing file: {path}")
+                    self._index.append((seq_dir, seq_dir.name, fid, view))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __getitem__(self, index: int) -> LabeledImage:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+        seq_dir, seq, fid, view = self._index[index]
+        image = read_image(view.image_path(seq_dir, fid))
+        class_path = view.class_path(seq_dir, fid)
+        ids = read_class_image(class_path)
+        if ids.shape != image.shape[:2]:
+            raise DataFormatError(f"class image {class_path} is {ids.shape[1]}x{ids.shape[0]} but its image "
+                                  f"is {image.shape[1]}x{image.shape[0]}")
+        return LabeledImage(image, to_learning(ids).astype(np.uint8), seq, fid, view.name)

@@ -3,7 +3,9 @@
 It calls `Segmenter.segment` exactly as the ROS node does, so the numbers describe the deployed code
 path (pre-processing, voxelisation, fp16, fusion) and not a training-time shortcut. The frustum
 subset is the points with a valid point-pixel pair in at least one view: the region where the camera
-could help and where xModel-KD's distillation should show most.
+could help and where xModel-KD's distillation should show most. mIoU and IoU are in percent.
+`evaluate_camera` scores a camera branch instead, on the points the cameras see: the quality of what a
+camera teacher hands the LiDAR branch through the KL.
 """
 
 from __future__ import annotations
@@ -11,14 +13,31 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+import torch
 from tqdm import tqdm
 
-from xkd_core.classes import CLASS_NAMES
+from xkd_core.classes import CLASS_NAMES, IGNORE_INDEX
+from xkd_core.data.collate import collate, prepare_sample
 from xkd_core.data.frame import Frame
 from xkd_core.evaluation.metrics import ConfusionMatrix
 from xkd_core.geometry.projection import in_any_view, views_of
+from xkd_core.losses import mean_distribution
+from xkd_core.models.camera_branch import sample_at_pixels
+
+if TYPE_CHECKING:
+    from xkd_core.models.xmodel_kd import XModelKD
+
+
+def percent_summary(cm: ConfusionMatrix) -> dict:
+    """`ConfusionMatrix.summary` with mIoU and per-class IoU in percent (None where absent), the unit
+    xkd-bag-eval reports in."""
+    out = cm.summary(CLASS_NAMES)
+    out["miou"] = None if out["miou"] is None else 100.0 * out["miou"]
+    out["per_class_iou"] = {k: None if v is None else 100.0 * v for k, v in out["per_class_iou"].items()}
+    return out
 
 
 @dataclass
@@ -45,11 +64,12 @@ class EvalResult:
                     "max": float(a.max())}
 
         return {
+            "unit": "percent",
             "num_scans": self.num_scans,
             "num_points": self.num_points,
             "num_frustum_points": self.num_frustum_points,
-            "full": self.full.summary(CLASS_NAMES),
-            "frustum": self.frustum.summary(CLASS_NAMES),
+            "full": percent_summary(self.full),
+            "frustum": percent_summary(self.frustum),
             "latency_ms": pct(lat),
             "stage_latency_ms": {k: pct(np.asarray(v) * 1e3) for k, v in self.stage_seconds.items()},
         }
@@ -77,4 +97,45 @@ def evaluate(segmenter, frames: Iterable[Frame], fuse: bool = False, progress: b
         result.num_scans += 1
         result.num_points += frame.num_points
         result.num_frustum_points += int(mask.sum())
+    return result
+
+
+@torch.no_grad()
+def camera_point_labels(model: XModelKD, frame: Frame, image_hw: tuple[int, int], T: float
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(indices of the frame's points that a view sees, the camera branch's class of each): the argmax of
+    the mean of the tempered distributions of every view that sees the point, the target of the
+    `kd_teacher: 2d` KL (`xkd_core.losses.mean_distribution`); the ignore class is never predicted."""
+    if model.image_net is None:
+        raise ValueError("this model has no camera branch (use_camera: false)")
+    sample = prepare_sample(frame, train=False, rng=None, point_aug=None, image_aug=None, image_hw=image_hw,
+                            use_camera=True)
+    batch = collate([sample])
+    if not len(batch.pair_point):
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    device = next(model.parameters()).device
+    logits = model.image_net(batch.images.to(device))[1]
+    pairs = sample_at_pixels(logits, batch.pair_image.to(device), batch.pair_uv.to(device), image_hw)
+    points, inverse = torch.unique(batch.pair_point.to(device), return_inverse=True)
+    scores = mean_distribution(pairs, inverse, len(points), T)
+    scores[:, IGNORE_INDEX] = float("-inf")
+    return sample.kept_index[points.cpu().numpy()], scores.argmax(1).cpu().numpy()
+
+
+def evaluate_camera(model: XModelKD, frames: Iterable[Frame], image_hw: tuple[int, int], T: float,
+                    progress: bool = True, total: int | None = None) -> EvalResult:
+    """Score a model's camera branch on the labeled points its views see (`camera_point_labels`): the
+    `frustum` subset of the result; `full` stays empty (points no camera sees have no camera label)."""
+    model.eval()
+    result = EvalResult()
+    for frame in tqdm(frames, total=total, disable=not progress, desc="eval camera", dynamic_ncols=True):
+        if frame.labels is None:
+            raise ValueError(f"frame {frame.sequence}/{frame.frame_id} has no labels to evaluate against")
+        t0 = time.perf_counter()
+        seen, pred = camera_point_labels(model, frame, image_hw, T)
+        result.seconds.append(time.perf_counter() - t0)
+        result.frustum.update(pred, frame.labels[seen])
+        result.num_scans += 1
+        result.num_points += frame.num_points
+        result.num_frustum_points += len(seen)
     return result

@@ -43,15 +43,17 @@ def plot_iou_bars(ious: dict[str, np.ndarray], path: str | Path, title: str = "p
     width = 0.8 / max(len(ious), 1)
     fig, ax = plt.subplots(figsize=(12, 4.5), dpi=100)
     for j, (label, iou) in enumerate(ious.items()):
-        vals = np.nan_to_num(np.asarray(iou, dtype=np.float64)[keep], nan=0.0)
-        miou = np.nanmean(np.asarray(iou, dtype=np.float64)[keep]) if np.isfinite(iou[keep]).any() else np.nan
-        bars = ax.bar(x + (j - (len(ious) - 1) / 2) * width, vals, width, label=f"{label} (mIoU {miou:.3f})")
+        pct = 100.0 * np.asarray(iou, dtype=np.float64)[keep]
+        vals = np.nan_to_num(pct, nan=0.0)
+        miou = np.nanmean(pct) if np.isfinite(pct).any() else np.nan
+        offset = (j - (len(ious) - 1) / 2) * width
+        bars = ax.bar(x + offset, vals, width, label=f"{label} (mIoU {miou:.1f} %)")
         if j == 0:
             for bar, c in zip(bars, keep):
                 bar.set_edgecolor(PALETTE_RGB[c] / 255.0)
     ax.set_xticks(x, [CLASS_NAMES[i] for i in keep], rotation=60, ha="right", fontsize=8)
-    ax.set_ylim(0.0, 1.0)
-    ax.set_ylabel("IoU")
+    ax.set_ylim(0.0, 100.0)
+    ax.set_ylabel("IoU (%)")
     ax.set_title(title + " (classes absent from the ground truth shown as 0)")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)

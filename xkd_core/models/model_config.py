@@ -5,7 +5,7 @@ flat layout that earlier configs and checkpoints hold.
       use_camera: true                  # false: the LiDAR-only baseline (no camera module is built)
       architecture: {voxel_size, unet_channels, ..., image_backbone, image_pretrained, ...}
       losses: {w_lovasz, w2d, w_fused, wc, tau, max_pairs, fused_detach_3d}
-      distillation: {wkd, kd_T, kd_teacher, kd_average}
+      distillation: {wkd, kd_T, kd_teacher, kd_average, freeze_camera}
 
 Checkpoints embed the model config, and those written before the sections hold every key at the top
 level (`model.wkd`): `migrate_model_dict` moves such keys into their section, so an old checkpoint,
@@ -111,10 +111,16 @@ class DistillationConfig:
 
     wkd: float = 1.0
     kd_T: float = 2.0  # temperature
+    #: "fused": the fused head; "2d": the camera branch's pixel logits, for a point seen by several
+    #: cameras the mean of their tempered distributions (`xkd_core.losses.mean_distribution`)
     kd_teacher: Literal["fused", "2d"] = "fused"
     #: KL averaged over the paired points ("paired") or over all points of the batch ("all": a point
     #: weighs as much in the KL as in the 3D cross-entropy, however few points the camera sees)
     kd_average: Literal["paired", "all"] = "paired"
+    #: The camera branch is a fixed teacher (trained before, e.g. by a `stage: camera` run, and loaded
+    #: with `init_checkpoint`): eval mode, no gradient, no 2D loss; it runs under no_grad, so a step
+    #: costs its forward pass only. Its projection heads and the fused head still learn.
+    freeze_camera: bool = False
 
     def __post_init__(self) -> None:
         _need(self.wkd >= 0, f"wkd must be >= 0, got {self.wkd}")

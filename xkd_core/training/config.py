@@ -84,6 +84,14 @@ class DataConfig:
     #: the 3D network's cost, and with "sampled" it also withholds the rest of the labels from the
     #: camera branch (with 20k of 128k points, 84 % of them).
     image_labels: Literal["sampled", "scan"] = "sampled"
+    #: A few fully labeled scans among many unlabeled paired ones: only this many training scans keep
+    #: their labels (evenly spaced over the training set, the same for every run); the others teach
+    #: through the camera terms only. None = every scan keeps its labels (`label_fraction` still applies).
+    labeled_scans: int | None = None
+    #: With `labeled_scans`: each batch holds `batch_size` labeled scans plus this many unlabeled ones
+    #: (None = `batch_size`) when the model learns from unlabeled scans (camera with wkd or wc > 0); a
+    #: model that does not (the LiDAR-only baseline) sees the same labeled batches alone.
+    unlabeled_batch_size: int | None = None
 
     def __post_init__(self) -> None:
         if not self.root:
@@ -102,6 +110,11 @@ class DataConfig:
             raise ValueError(f"data.image_hw must be two positive sizes (H, W), got {self.image_hw}")
         if not 0.0 <= self.pairlog_min_confidence <= 1.0:
             raise ValueError("data.pairlog_min_confidence must lie in [0, 1]")
+        if self.labeled_scans is not None and self.labeled_scans < 0:
+            raise ValueError(f"data.labeled_scans must be >= 0 (or null), got {self.labeled_scans}")
+        if self.unlabeled_batch_size is not None and self.unlabeled_batch_size < 1:
+            raise ValueError(f"data.unlabeled_batch_size must be >= 1 (or null), "
+                             f"got {self.unlabeled_batch_size}")
         if self.image_labels not in ("sampled", "scan"):
             raise ValueError(f"data.image_labels must be 'sampled' or 'scan', got {self.image_labels!r}")
         try:
@@ -146,6 +159,8 @@ class OptimConfig:
 
 
 _DEVICE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+#: Top-level modules of XModelKD that `init_modules` can name.
+INIT_MODULES = ("image_net", "unet", "point_head", "proj_3d", "proj_2d", "fusion_head")
 
 
 @dataclass
@@ -156,6 +171,10 @@ class TrainConfig:
     data: DataConfig
     optim: OptimConfig
     out_dir: str
+    #: "lidar": the LiDAR branch (alone, or taught by the camera); "camera": the camera branch alone on
+    #: images with dense per-pixel labels (`class_<view>/` of the data's views), validated by pixel
+    #: mIoU: the camera teacher, whose checkpoint a "lidar" run loads (`init_modules: [image_net]`).
+    stage: Literal["lidar", "camera"] = "lidar"
     #: Mixed precision on the GPU (ignored, with a warning, on the CPU).
     amp: Literal["none", "bf16", "fp16"] = "none"
     seed: int = 0
@@ -172,6 +191,10 @@ class TrainConfig:
     ckpt_every: int = 0
     #: Checkpoint whose weights start the run (fine-tuning, e.g. on pair logs); optimiser starts fresh.
     init_checkpoint: str | None = None
+    #: Only these parts of `init_checkpoint` (module names of XModelKD: image_net, unet, point_head,
+    #: proj_3d, proj_2d, fusion_head); null = every weight it has. `[image_net]` takes a camera
+    #: teacher and leaves the 3D network at this run's seed init, as the baseline's.
+    init_modules: list[str] | None = None
     #: DDP: allow parameters that get no gradient in a step (e.g. no point-pixel pairs in a batch).
     find_unused_parameters: bool = True
     #: DDP on GPUs: BatchNorm statistics over all ranks (SyncBatchNorm; gloo/CPU has none, there the
@@ -192,6 +215,26 @@ class TrainConfig:
                              f"({self.sparse_backend!r}); choose the backend with sparse_backend only")
         if self.model.use_camera and not self.data.cameras:
             raise ValueError("model.use_camera is true but data.cameras is empty")
+        if self.stage not in ("lidar", "camera"):
+            raise ValueError(f"stage must be 'lidar' or 'camera', got {self.stage!r}")
+        frozen = self.model.use_camera and self.model.distillation.freeze_camera
+        if self.stage == "camera" and (not self.model.use_camera or frozen):
+            raise ValueError("stage: camera trains the camera branch: it needs model.use_camera true and "
+                             "model.distillation.freeze_camera false")
+        if self.init_modules is not None:
+            unknown = sorted(set(self.init_modules) - set(INIT_MODULES))
+            if unknown or not self.init_modules:
+                raise ValueError(f"init_modules: unknown or empty {unknown or self.init_modules}; choose "
+                                 f"among {list(INIT_MODULES)} (or null for every weight)")
+            if self.init_checkpoint is None:
+                raise ValueError("init_modules needs init_checkpoint")
+        kd = self.model.distillation
+        loads_camera = self.init_checkpoint is not None and (self.init_modules is None
+                                                             or "image_net" in self.init_modules)
+        if self.stage == "lidar" and frozen and kd.wkd > 0 and kd.kd_teacher == "2d" and not loads_camera:
+            raise ValueError("model.distillation.freeze_camera with kd_teacher 2d: a frozen camera branch "
+                             "teaches what it was trained on: load one with init_checkpoint (a stage: camera "
+                             "run) and init_modules holding image_net")
 
 
 #: Run settings removed with the model switches they served (see model_config.REMOVED), each with the

@@ -5,6 +5,12 @@ The training sampler is `DistributedSampler` (one shard per rank, reshuffled per
 wrapper seeds each sample's augmentation from `(seed, epoch, index)`. Together with a loader
 generator seeded per epoch, the stream of batches is a pure function of (config, step): a run
 resumed at step k sees exactly the batches an uninterrupted run sees from step k on.
+
+With `data.labeled_scans` (a few labeled scans, many unlabeled paired ones) an epoch is one pass over
+the labeled scans, and a model that learns from unlabeled scans gets `unlabeled_batch_size` of them
+added to every batch from a stream of its own whose position is also a function of the step
+(`LabeledUnlabeledBatchSampler`). The camera teacher's stage (`stage: camera`) samples single images
+with dense labels (`ViewSampleDataset`) the same way.
 """
 
 from __future__ import annotations
@@ -17,8 +23,8 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
 from xkd_core.classes import IGNORE_INDEX
-from xkd_core.data.collate import collate, prepare_sample
-from xkd_core.data.dataset import SemanticKittiDataset
+from xkd_core.data.collate import collate, collate_views, prepare_sample, prepare_view_sample
+from xkd_core.data.dataset import SemanticKittiDataset, ViewImageDataset
 from xkd_core.data.frame import Frame
 from xkd_core.geometry.projection import in_any_view, views_of
 from xkd_core.training.config import TrainConfig
@@ -28,6 +34,24 @@ from xkd_core.training.seeding import sample_rng, worker_init_fn
 #: Seed of the labeled-point subset under `data.label_fraction`: a property of the data set, so it is
 #: the same for every training seed and both methods.
 LABEL_SUBSET_SEED = 20240917
+#: Stream id of the unlabeled scans' order under `data.labeled_scans` (mixed with the run's seed).
+UNLABELED_STREAM = 7451
+
+
+def labeled_scan_indices(num_scans: int, labeled_scans: int) -> np.ndarray:
+    """The training scans that keep labels under `data.labeled_scans`: evenly spaced over the data set
+    (first and last included), so they sample its variety and are the same for every seed and method."""
+    if labeled_scans >= num_scans:
+        return np.arange(num_scans, dtype=np.int64)
+    if labeled_scans <= 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.round(np.linspace(0, num_scans - 1, labeled_scans)).astype(np.int64)
+
+
+def learns_from_unlabeled(cfg: TrainConfig) -> bool:
+    """Whether the model has a term that an unlabeled paired scan feeds (the KL or InfoNCE)."""
+    m = cfg.model
+    return m.use_camera and (m.distillation.wkd > 0 or m.losses.wc > 0)
 
 
 def keep_label_fraction(frame: Frame, fraction: float, index: int, keep_frustum: bool = False) -> Frame:
@@ -67,18 +91,38 @@ class SampleDataset(Dataset):
     indices for validation (no augmentation, full scans).
     """
 
+    collate_fn = staticmethod(collate)
+
     def __init__(self, frames: Dataset, cfg: TrainConfig, train: bool) -> None:
         self.frames = frames
         self.cfg = cfg
         self.train = train
+        #: Under `data.labeled_scans` (training only): the scans that keep labels and the others.
+        self.labeled: np.ndarray | None = None
+        self.unlabeled: np.ndarray | None = None
+        k = cfg.data.labeled_scans
+        if train and k is not None:
+            n = len(frames)  # type: ignore[arg-type]
+            self.labeled = labeled_scan_indices(n, k)
+            self.unlabeled = np.setdiff1d(np.arange(n, dtype=np.int64), self.labeled)
+            self._labeled_set = set(self.labeled.tolist())
+            if not len(self.labeled) and not learns_from_unlabeled(cfg):
+                raise ValueError("data.labeled_scans is 0 and the model learns nothing from unlabeled scans "
+                                 "(it needs a camera with wkd or wc > 0): there is nothing to train on")
 
     def __len__(self) -> int:
         return len(self.frames)  # type: ignore[arg-type]
+
+    def is_labeled(self, index: int) -> bool:
+        """Whether training scan `index` keeps its labels (always, without `data.labeled_scans`)."""
+        return self.labeled is None or index in self._labeled_set
 
     def __getitem__(self, key: int | tuple[int, int]):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = sample_rng(self.cfg.seed, epoch, index)
         frame = self.frames[index]
+        if self.train and not self.is_labeled(index):  # an unlabeled paired scan: no label at all
+            frame = dataclasses.replace(frame, labels=np.full(frame.num_points, IGNORE_INDEX, np.int64))
         if frame.labels is None:
             raise ValueError(f"frame {frame.sequence}/{frame.frame_id} has no labels; training needs them")
         d = self.cfg.data
@@ -100,6 +144,29 @@ class SampleDataset(Dataset):
             use_camera=use_camera,
             label_points=label_points,
         )
+
+
+class ViewSampleDataset(Dataset):
+    """Images with dense labels (`ViewImageDataset`) -> augmented, resized `ViewSample`s: the camera
+    teacher's data. Keys as in `SampleDataset`."""
+
+    collate_fn = staticmethod(collate_views)
+
+    def __init__(self, images: Dataset, cfg: TrainConfig, train: bool) -> None:
+        self.images = images
+        self.cfg = cfg
+        self.train = train
+
+    def __len__(self) -> int:
+        return len(self.images)  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | tuple[int, int]):
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        item = self.images[index]
+        return prepare_view_sample(item.image, item.classes, train=self.train,
+                                   rng=sample_rng(self.cfg.seed, epoch, index),
+                                   image_aug=self.cfg.data.image_aug, image_hw=tuple(self.cfg.data.image_hw),
+                                   meta=(item.sequence, item.frame_id, item.view))
 
 
 class ResumableSampler(Sampler):
@@ -124,6 +191,47 @@ class ResumableSampler(Sampler):
                 yield (self.epoch, index)
 
 
+class LabeledUnlabeledBatchSampler(Sampler):
+    """One epoch of batches under `data.labeled_scans`: `batch_size` labeled scans (the
+    `ResumableSampler` order over the labeled ones) and `unlabeled_size` unlabeled scans each.
+
+    The unlabeled scans come from a stream of passes, each a permutation seeded by (seed, pass); the
+    position of global step s on rank r is `(s * world + r) * unlabeled_size`, so the batches are a
+    pure function of (config, step) as everywhere else, and ranks draw different scans.
+    """
+
+    def __init__(self, labeled: np.ndarray, unlabeled: np.ndarray, batch_size: int, unlabeled_size: int,
+                 info: DistInfo, seed: int, epoch: int, start_batch: int = 0) -> None:
+        if unlabeled_size and not len(unlabeled):
+            raise ValueError("LabeledUnlabeledBatchSampler: unlabeled scans asked for, but every scan is "
+                             "labeled")
+        self.labeled, self.unlabeled = labeled, unlabeled
+        self.batch_size, self.unlabeled_size = batch_size, unlabeled_size
+        self.info, self.seed, self.epoch, self.start_batch = info, seed, epoch, start_batch
+        self.steps_per_epoch = batches_per_epoch(len(labeled), info, batch_size)
+        self._perms: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return max(self.steps_per_epoch - self.start_batch, 0)
+
+    def _unlabeled_key(self, position: int) -> tuple[int, int]:
+        n = len(self.unlabeled)
+        p, r = divmod(position, n)
+        if p not in self._perms:
+            self._perms = {p: np.random.default_rng([self.seed, UNLABELED_STREAM, p]).permutation(n)}
+        return (p, int(self.unlabeled[self._perms[p][r]]))
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        inner = ResumableSampler(len(self.labeled), self.info, self.seed, self.epoch,
+                                 start=self.start_batch * self.batch_size)
+        keys = [(e, int(self.labeled[i])) for e, i in inner]
+        for b in range(0, len(keys), self.batch_size):
+            step = self.epoch * self.steps_per_epoch + self.start_batch + b // self.batch_size
+            first = (step * self.info.world_size + self.info.rank) * self.unlabeled_size
+            yield keys[b:b + self.batch_size] + [self._unlabeled_key(first + j)
+                                                  for j in range(self.unlabeled_size)]
+
+
 class ShardSampler(Sampler):
     """Validation shard of one rank: every `world_size`-th scan, no padding (no scan counted twice)."""
 
@@ -138,8 +246,11 @@ class ShardSampler(Sampler):
 
 
 def build_frame_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
-    """The training and (optional) validation `Frame` datasets named by `cfg.data`."""
+    """The training and (optional) validation `Frame` datasets named by `cfg.data` (for `stage:
+    camera`, `ViewImageDataset`s of the same sequences: images with dense labels)."""
     d = cfg.data
+    if cfg.stage == "camera":
+        return _view_datasets(cfg)
     cameras = tuple(d.cameras) if cfg.model.use_camera or d.label_frustum else ()
     if d.source == "pairlog":
         from xkd_core.data.pairlog import PairLogDataset
@@ -156,6 +267,35 @@ def build_frame_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
         return train, None  # pair logs carry pseudo-labels only: nothing to validate against
     val = SemanticKittiDataset(val_root, split="val", sequences=d.val_sequences, cameras=())
     return train, (val if len(val) else None)
+
+
+def _view_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
+    d = cfg.data
+    if d.source != "semantickitti" or d.train_sequences is None or d.val_sequences is None:
+        raise ValueError("stage: camera trains on SemanticKITTI-format sequences with class images: give "
+                         "data.source semantickitti, data.train_sequences and data.val_sequences "
+                         "([] for none)")
+    train = ViewImageDataset(d.root, d.train_sequences, d.cameras)
+    if not d.val_sequences:
+        return train, None
+    return train, ViewImageDataset(d.val_root or d.root, d.val_sequences, d.cameras)
+
+
+def build_sample_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
+    """The model-ready training and (optional) validation datasets of the run's stage."""
+    frames_train, frames_val = build_frame_datasets(cfg)
+    wrap = ViewSampleDataset if cfg.stage == "camera" else SampleDataset
+    val = None if frames_val is None else wrap(frames_val, cfg, train=False)
+    return wrap(frames_train, cfg, train=True), val
+
+
+def steps_per_epoch(samples: Dataset, cfg: TrainConfig, info: DistInfo) -> int:
+    """Optimizer steps in one epoch: a pass over the training set, or over its labeled scans under
+    `data.labeled_scans` (all scans when none is labeled)."""
+    labeled = getattr(samples, "labeled", None)
+    if labeled is not None and len(labeled):
+        return batches_per_epoch(len(labeled), info, cfg.data.batch_size)
+    return batches_per_epoch(len(samples), info, cfg.data.batch_size)  # type: ignore[arg-type]
 
 
 def batches_per_epoch(size: int, info: DistInfo, batch_size: int) -> int:
@@ -175,12 +315,21 @@ def train_loader(
 ) -> DataLoader:
     """The loader of one training epoch, starting at batch `start_batch` (exact resume)."""
     bs = cfg.data.batch_size
-    sampler = ResumableSampler(len(samples), info, cfg.seed, epoch, start=start_batch * bs)
+    labeled = getattr(samples, "labeled", None)
+    if labeled is not None and len(labeled):
+        unlabeled = 0
+        if learns_from_unlabeled(cfg) and len(samples.unlabeled):
+            unlabeled = cfg.data.unlabeled_batch_size or bs
+        batch_sampler: Sampler = LabeledUnlabeledBatchSampler(labeled, samples.unlabeled, bs, unlabeled, info,
+                                                              cfg.seed, epoch, start_batch)
+    else:
+        sampler = ResumableSampler(len(samples), info, cfg.seed, epoch, start=start_batch * bs)
+        batch_sampler = BatchSampler(sampler, bs, drop_last=False)
     return DataLoader(
         samples,
-        batch_sampler=BatchSampler(sampler, bs, drop_last=False),
+        batch_sampler=batch_sampler,
         num_workers=cfg.data.num_workers,
-        collate_fn=collate,
+        collate_fn=samples.collate_fn,
         worker_init_fn=worker_init_fn,
         generator=_generator(cfg.seed, epoch),
         pin_memory=torch.cuda.is_available(),
@@ -195,7 +344,7 @@ def val_loader(samples: SampleDataset, cfg: TrainConfig, info: DistInfo) -> Data
         batch_size=cfg.data.val_batch_size,
         sampler=ShardSampler(len(samples), info),
         num_workers=cfg.data.num_workers,
-        collate_fn=collate,
+        collate_fn=samples.collate_fn,
         worker_init_fn=worker_init_fn,
         generator=_generator(cfg.seed, -1),
         pin_memory=torch.cuda.is_available(),

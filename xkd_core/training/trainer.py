@@ -96,18 +96,17 @@ class Trainer:
         seed_everything(cfg.seed, cfg.deterministic)
         model = XModelKD(dataclasses.replace(cfg.model, backend=cfg.sparse_backend), device=device)
         if cfg.init_checkpoint:
-            self._load_init_weights(model, cfg.init_checkpoint)
+            self._load_init_weights(model, cfg.init_checkpoint, cfg.init_modules)
+        if cfg.stage == "camera":  # the camera teacher: only its branch learns (and is in the optimizer)
+            for name, p in model.named_parameters():
+                p.requires_grad_(name.startswith("image_net."))
         if dist_info.distributed and cfg.sync_batchnorm and device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(device)
         seed_everything(cfg.seed + 7919 * dist_info.rank, cfg.deterministic)
 
-        frames_train, frames_val = tdata.build_frame_datasets(cfg)
-        self.train_samples = tdata.SampleDataset(frames_train, cfg, train=True)
-        self.val_samples = None if frames_val is None else tdata.SampleDataset(frames_val, cfg, train=False)
-        self.steps_per_epoch = tdata.batches_per_epoch(
-            len(self.train_samples), dist_info, cfg.data.batch_size
-        )
+        self.train_samples, self.val_samples = tdata.build_sample_datasets(cfg)
+        self.steps_per_epoch = tdata.steps_per_epoch(self.train_samples, cfg, dist_info)
         o = cfg.optim
         self.total_steps = o.steps if o.steps is not None else o.epochs * self.steps_per_epoch
 
@@ -141,11 +140,28 @@ class Trainer:
             return None
         return torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
 
-    def _load_init_weights(self, model: torch.nn.Module, path: str) -> None:
-        """Start from a checkpoint's weights (fine-tuning); parts the checkpoint lacks keep their init."""
+    def _load_init_weights(self, model: torch.nn.Module, path: str, modules: list[str] | None = None) -> None:
+        """Start from a checkpoint's weights (fine-tuning); parts the checkpoint lacks keep their init.
+
+        With `modules` only the weights of those top-level modules are taken, and the checkpoint must
+        hold every one of them (a camera teacher without its camera branch is an error, not a fresh
+        init); the rest keep this run's seed init.
+        """
         ckpt = load_checkpoint(path, map_location="cpu")
+        state = ckpt["model"]
+        if modules is not None:
+            own = model.state_dict()
+            for name in modules:
+                want = {k for k in own if k.startswith(name + ".")}
+                if not want:
+                    raise ValueError(f"init_modules: this model has no {name} (model.use_camera false?)")
+                lacking = sorted(want - set(state))
+                if lacking:
+                    raise ValueError(f"init_checkpoint {path} lacks {len(lacking)} weights of {name} "
+                                     f"(e.g. {lacking[0]}): it was not trained with that module")
+            state = {k: v for k, v in state.items() if k.split(".", 1)[0] in modules}
         try:
-            result = model.load_state_dict(ckpt["model"], strict=False)
+            result = model.load_state_dict(state, strict=False)
         except RuntimeError as exc:
             raise ValueError(f"init_checkpoint {path} does not fit model config: {exc}") from exc
         if self.info.is_main:
@@ -352,18 +368,24 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> ConfusionMatrix:
-        """Confusion matrix of the 3D branch over the validation set, summed over ranks."""
+        """Confusion matrix over the validation set, summed over ranks: of the 3D branch on every
+        point, or (`stage: camera`) of the camera branch on every labeled pixel."""
         if self.val_samples is None:
             raise ValueError("no validation data (data.val_sequences is empty)")
         self._average_bn_statistics()
-        cm = ConfusionMatrix(self.model.cfg.num_classes, self.model.cfg.ignore_index, device=self.device)
+        cfg = self.model.cfg
+        cm = ConfusionMatrix(cfg.num_classes, cfg.ignore_index, device=self.device)
         self.model.eval()
         try:
             for batch in tdata.val_loader(self.val_samples, self.cfg, self.info):
                 batch = batch.to(self.device)
                 with self._autocast():
-                    logits = self.model.predict(batch, fuse=False)
-                cm.update(labels_from_logits(logits, self.model.cfg.ignore_index), batch.labels)
+                    if self.cfg.stage == "camera":
+                        logits = self.model.pixel_logits(batch.images).permute(0, 2, 3, 1)
+                        logits, target = logits.reshape(-1, cfg.num_classes), batch.classes.reshape(-1)
+                    else:
+                        logits, target = self.model.predict(batch, fuse=False), batch.labels
+                cm.update(labels_from_logits(logits, cfg.ignore_index), target)
         finally:
             self.model.train()
         cm.all_reduce()
