@@ -15,6 +15,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from xkd_core.classes import CLASS_NAMES, IGNORE_INDEX, PALETTE_RGB  # noqa: E402
+from xkd_core.evaluation.plots import save_figure  # noqa: E402
 from xkd_ros.replay_score import BevSample  # noqa: E402
 
 #: Colours of the error view: correct, wrong, not scored (ground truth = ignore).
@@ -40,11 +41,7 @@ def plot_latency_hist(latencies_ms: np.ndarray, path: str | Path, title: str = "
     ax.set_ylabel("scans")
     ax.set_title(f"{title} ({lat.size} scans)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_bev(sample: BevSample | None, path: str | Path, extent_m: float = 40.0, title: str = "") -> Path:
@@ -91,11 +88,7 @@ def plot_bev(sample: BevSample | None, path: str | Path, extent_m: float = 40.0,
     axes[0].set_ylabel("x (m, forward)")
     stamp = "" if sample is None else f"scan at stamp {sample.stamp_ns / 1e9:.3f} s"
     fig.suptitle(" ".join(s for s in (title, stamp) if s))
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_label_histogram(counts: dict[str, int], path: str | Path, title: str = "predicted labels") -> Path:
@@ -120,8 +113,4 @@ def plot_label_histogram(counts: dict[str, int], path: str | Path, title: str = 
     ax.set_xlabel("unlabeled: points not segmented (out of range, ego crop, NaN)", fontsize=8)
     ax.set_title(f"{title} ({int(total)} points)")
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -13,6 +13,15 @@ import numpy as np  # noqa: E402
 from xkd_core.classes import CLASS_NAMES, IGNORE_INDEX, PALETTE_RGB  # noqa: E402
 
 
+def save_figure(fig: plt.Figure, path: str | Path) -> Path:
+    """Lay out, write and close a figure (closing matters: plots are made in long-running tools)."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def plot_confusion(conf: np.ndarray, path: str | Path, title: str = "confusion matrix") -> Path:
     """Row-normalised confusion matrix (rows = truth) without the ignore class, counts in the title."""
     m = np.asarray(conf, dtype=np.float64)
@@ -29,11 +38,7 @@ def plot_confusion(conf: np.ndarray, path: str | Path, title: str = "confusion m
     ax.set_ylabel("ground truth")
     ax.set_title(f"{title} ({int(m.sum())} points, row-normalised)")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def plot_iou_bars(ious: dict[str, np.ndarray], path: str | Path, title: str = "per-class IoU") -> Path:
@@ -57,8 +62,4 @@ def plot_iou_bars(ious: dict[str, np.ndarray], path: str | Path, title: str = "p
     ax.set_title(title + " (classes absent from the ground truth shown as 0)")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -352,12 +352,26 @@ def _positions(rng: np.random.Generator, s_lo: float, s_hi: float, per_100m: flo
     return starts + rng.uniform(0.0, spacing, size=starts.size)
 
 
-def _place_car(b: _Builder, rng: np.random.Generator, s: float, d: float) -> None:
-    length, width = rng.uniform(3.8, 4.8), rng.uniform(1.7, 1.9)
+def _heading(rng: np.random.Generator, sd: float) -> float:
+    """Along the road, either way, with a little noise (radians)."""
+    return (0.0 if rng.random() < 0.5 else np.pi) + rng.normal(0.0, sd)
+
+
+def _claim_vehicle(b: _Builder, rng: np.random.Generator, s: float, d: float, lengths: tuple[float, float],
+                   widths: tuple[float, float], yaw_sd: float) -> tuple[float, float, float] | None:
+    """(length, width, yaw) of a vehicle at (s, d) whose footprint is now occupied; None when taken."""
+    length, width = rng.uniform(*lengths), rng.uniform(*widths)
     if not b.free(s, d, length / 2):
-        return
+        return None
     b.occupy(s, d, length / 2)
-    yaw = (0.0 if rng.random() < 0.5 else np.pi) + rng.normal(0.0, 0.03)
+    return length, width, _heading(rng, yaw_sd)
+
+
+def _place_car(b: _Builder, rng: np.random.Generator, s: float, d: float) -> None:
+    claim = _claim_vehicle(b, rng, s, d, (3.8, 4.8), (1.7, 1.9), 0.03)
+    if claim is None:
+        return
+    length, width, yaw = claim
     inst, paint = b.instance(), _CAR_PAINTS[rng.integers(len(_CAR_PAINTS))]
     body = rng.uniform(0.85, 1.0)
     b.box(s, d, yaw, length, width, 0.0, body, CAR, inst, Mat.CAR_BODY, paint)
@@ -367,11 +381,10 @@ def _place_car(b: _Builder, rng: np.random.Generator, s: float, d: float) -> Non
 
 
 def _place_truck(b: _Builder, rng: np.random.Generator, s: float, d: float) -> None:
-    length, width = rng.uniform(6.0, 10.0), rng.uniform(2.3, 2.5)
-    if not b.free(s, d, length / 2):
+    claim = _claim_vehicle(b, rng, s, d, (6.0, 10.0), (2.3, 2.5), 0.02)
+    if claim is None:
         return
-    b.occupy(s, d, length / 2)
-    yaw = (0.0 if rng.random() < 0.5 else np.pi) + rng.normal(0.0, 0.02)
+    length, width, yaw = claim
     inst = b.instance()
     cab = 2.0
     b.box(s, d, yaw, cab, width, 0.0, rng.uniform(2.7, 3.1), TRUCK, inst, Mat.TRUCK_CAB,
@@ -396,7 +409,7 @@ def _place_bicyclist(b: _Builder, rng: np.random.Generator, s: float, d: float) 
         return
     b.occupy(s, d, 0.9)
     inst = b.instance()
-    yaw = (0.0 if rng.random() < 0.5 else np.pi) + rng.normal(0.0, 0.05)
+    yaw = _heading(rng, 0.05)
     b.box(s, d, yaw, 1.7, 0.45, 0.0, 1.0, BICYCLIST, inst, Mat.BIKE, np.array([0.15, 0.15, 0.17], np.float32))
     b.box(s, d, yaw, 0.5, 0.42, 1.0, rng.uniform(1.65, 1.8), BICYCLIST, inst, Mat.RIDER,
           _CLOTHES[rng.integers(len(_CLOTHES))], along=-0.15)
