@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import statistics
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from experiments.common import BIN, paired, run, write_report
+
 METHODS = ("baseline_lidar", "xmodel_kd")
 #: Appearance-only pairs of the synthetic world: (LiDAR look-alike, class told apart by the camera).
 PAIRS = (("road", "parking"), ("road", "other-ground"), ("sidewalk", "terrain"))
@@ -49,18 +46,6 @@ def parse_world(text: str) -> tuple[str, float, float]:
         return parts[0], float(parts[1]), float(focal)
     except ValueError:
         raise argparse.ArgumentTypeError(f"world {text!r}: GAP and FOCAL_SCALE must be numbers") from None
-
-
-def run(cmd: list[str], log: Path | None, threads: int) -> None:
-    """Run one tool with `threads` intra-op threads; its output goes to `log`."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    print("+", " ".join(cmd), flush=True)
-    if log is None:
-        subprocess.run(cmd, check=True, env=env, cwd=REPO)
-        return
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("w") as f:
-        subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
 
 
 def stage_synth(args: argparse.Namespace) -> None:
@@ -270,10 +255,8 @@ def vs_baseline(row: dict, ref: dict) -> str:
 def paired_vs_baseline(row: dict, ref: dict) -> str:
     """Mean of the per-seed differences ± its standard error: both methods of a seed share the data
     order and the 3D network's initialisation, so differences by seed cancel what the seed adds."""
-    diffs = [a - b for a, b in zip(row["miou"]["values"], ref["miou"]["values"], strict=True)]
-    if len(diffs) < 2:
-        return "-"
-    return f"{statistics.fmean(diffs):+.1f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.1f}"
+    diff = paired(row["miou"]["values"], ref["miou"]["values"])
+    return "-" if diff["se"] is None else f"{diff['mean']:+.1f} ± {diff['se']:.1f}"
 
 
 def markdown(res: dict) -> str:
@@ -344,10 +327,7 @@ def main(argv: list[str] | None = None) -> None:
         stage_eval(args)
     if "report" in stages:
         res = collect(args)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=1) + "\n")
-        print(markdown(res))
-        print(f"wrote {args.out}")
+        write_report(res, args.out, markdown(res))
 
 
 if __name__ == "__main__":

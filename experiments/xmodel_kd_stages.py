@@ -40,18 +40,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
 import re
 import statistics
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
+from experiments.common import BIN, paired, run, write_report
+
 CONFIGS = Path("config/train")
 PRESET = "synth_surround"
 
@@ -114,18 +110,6 @@ def parse_sequence(text: str) -> str:
     if not re.fullmatch(r"\d\d", text) or text not in (*VAL_SEQS, DEV_SEQ):
         raise argparse.ArgumentTypeError(f"a val sequence is one of {[*VAL_SEQS, DEV_SEQ]}, got {text!r}")
     return text
-
-
-def run(cmd: list[str], log: Path | None, threads: int) -> None:
-    """Run one tool with `threads` intra-op threads; its output goes to `log`."""
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    print("+", " ".join(cmd), flush=True)
-    if log is None:
-        subprocess.run(cmd, check=True, env=env, cwd=REPO)
-        return
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("a") as f:
-        subprocess.run(cmd, check=True, env=env, cwd=REPO, stdout=f, stderr=subprocess.STDOUT)
 
 
 # ------------------------------------------------------------------------------------------ folders
@@ -222,7 +206,7 @@ def train(cmd: list[str], rd: Path, steps: int, threads: int) -> None:
         return
     if step is not None:
         cmd = [str(BIN / "xkd-train"), "--resume", str(rd / "last.pt"), "--no-progress"]
-    run(cmd, rd / "train.log", threads)
+    run(cmd, rd / "train.log", threads, append=True)  # a resumed run goes on in the same log
 
 
 def common_sets(args: argparse.Namespace, rd: Path, steps: int) -> list[str]:
@@ -300,7 +284,7 @@ def stage_eval(args: argparse.Namespace) -> None:
             return
         run([str(BIN / "xkd-eval"), "--checkpoint", str(rd / "last.pt"), "--data", str(world_root(args)),
              "--sequences", seq, "--cameras", "all", "--out", str(out), "--num-workers", "0",
-             "--no-progress"], rd / f"eval-seq{seq}.log", args.threads)
+             "--no-progress"], rd / f"eval-seq{seq}.log", args.threads, append=True)
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(one, jobs))
@@ -311,7 +295,7 @@ def stage_eval(args: argparse.Namespace) -> None:
                 run([str(BIN / "xkd-eval"), "--checkpoint", str(teacher_dir(args) / "last.pt"),
                      "--data", str(world_root(args)), "--sequences", seq, "--cameras", "all",
                      "--camera-branch", "--out", str(out), "--num-workers", "0", "--no-progress"],
-                    out.parent / f"eval-seq{seq}.log", args.threads)
+                    out.parent / f"eval-seq{seq}.log", args.threads, append=True)
 
 
 # ------------------------------------------------------------------------------------------ report
@@ -338,14 +322,6 @@ def percent(metrics: dict, part: str) -> tuple[float, dict[str, float]]:
     scale = 1.0 if metrics.get("unit") == "percent" else 100.0
     d = metrics[part]
     return d["miou"] * scale, {c: (v or 0.0) * scale for c, v in d["per_class_iou"].items()}
-
-
-def paired(values: list[float], ref: list[float]) -> dict:
-    """Per-seed differences against the baseline: mean, standard error, and every seed's sign."""
-    diffs = [a - b for a, b in zip(values, ref, strict=True)]
-    se = statistics.stdev(diffs) / math.sqrt(len(diffs)) if len(diffs) > 1 else None
-    return {"mean": statistics.fmean(diffs), "se": se, "diffs": diffs,
-            "signs": "".join("+" if d > 0 else "-" if d < 0 else "0" for d in diffs)}
 
 
 def versus(row: dict, base: dict) -> dict | None:
@@ -515,10 +491,7 @@ def main(argv: list[str] | None = None) -> None:
             stages[name](args)
             continue
         res = collect(args)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(res, indent=1) + "\n")
-        print(markdown(res))
-        print(f"wrote {args.out}")
+        write_report(res, args.out, markdown(res))
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ def test_offline_replay_imports_no_ros(bag: Path, checkpoint: Path, tmp_path: Pa
             "ros = sorted(m for m in sys.modules\n"
             "             if m.split('.')[0] in ('rclpy', 'rcl_interfaces', 'sensor_msgs'))\n"
             "print('ROS MODULES', ros)\nsys.exit(rc)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=540)
     assert done.returncode == 0, done.stderr
     assert "ROS MODULES []" in done.stdout
 

@@ -80,7 +80,7 @@ def test_every_command_is_a_valid_run_with_its_stage_inputs(tmp_path: Path) -> N
 
 def test_finished_runs_are_skipped_and_interrupted_ones_resumed(tmp_path: Path, monkeypatch) -> None:
     calls: list[list[str]] = []
-    monkeypatch.setattr(stages, "run", lambda cmd, log, threads: calls.append(cmd))
+    monkeypatch.setattr(stages, "run", lambda cmd, log, threads, append=False: calls.append(cmd))
     cfg = tiny_config(use_camera=False)
     model = XModelKD(cfg)
     rd = tmp_path / "run"
