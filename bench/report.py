@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -414,6 +415,108 @@ def section_camera_gain_summary(results: Path) -> str:
             f"docs/results.md.\n\n{table}")
 
 
+XMODEL_KD = "xmodel_kd.json"
+
+
+def _regime_text(regime: str) -> str:
+    if regime == "dense":
+        return "dense labels"
+    if regime.startswith("labels"):
+        return f"{100 * float(regime[len('labels'):]):g} % of points labeled"
+    return f"{regime[len('scans'):]} fully labeled scans"
+
+
+def _regime_label(regime: str) -> str:
+    """The `labels=` of the machine line: the labeled fraction, `dense`, or `scansK`."""
+    return "1" if regime == "dense" else regime[len("labels"):] if regime.startswith("labels") else regime
+
+
+def _xkd_rows(results: Path) -> tuple[dict | None, list[dict[str, Any]]]:
+    """One row per (results file, regime) of the `xmodel_kd.json` manifest, both val worlds pooled."""
+    manifest = _load(results, XMODEL_KD)
+    if manifest is None:
+        return None, []
+    rows = []
+    for name in manifest["files"]:
+        path = _repo_path(name)
+        if not path.is_file():
+            continue
+        res = json.loads(path.read_text())
+        for regime, worlds in res["regimes"].items():
+            base_full, kd_full, diffs, classes = [], [], [], {}
+            sps = {"baseline": [], "kd": []}
+            for seq, table in worlds.items():
+                if "baseline" not in table or "kd" not in table or not table["kd"].get("vs_baseline"):
+                    continue
+                vs = table["kd"]["vs_baseline"]
+                for m, acc in (("baseline", base_full), ("kd", kd_full)):
+                    acc += [table[m]["full"][table[m]["seeds"].index(s)] for s in vs["seeds"]]
+                diffs.append((seq, vs))
+                for c, d in vs["classes"].items():
+                    classes.setdefault(c, []).append(d["mean"])
+                for m in sps:
+                    if table[m].get("s_per_step") is not None:
+                        sps[m].append(table[m]["s_per_step"])
+            if not diffs:
+                continue
+            seeds = diffs[0][1]["seeds"]
+            rows.append({
+                "regime": regime, "steps": res["steps"], "seeds": len(seeds),
+                "baseline": statistics.fmean(base_full), "kd": statistics.fmean(kd_full),
+                "gains": [(seq, vs["full"]) for seq, vs in diffs],
+                "ahead": [vs["full"]["signs"].count("+") for _, vs in diffs],
+                "classes": sorted(((c, statistics.fmean(v)) for c, v in classes.items()
+                                   if len(v) == len(diffs)), key=lambda cv: -abs(cv[1]))[:6],
+                "s_per_step": {m: statistics.fmean(v) if v else None for m, v in sps.items()},
+                "teacher": res.get("teacher"), "file": name,
+            })
+    return manifest, rows
+
+
+def _gain(d: dict) -> str:
+    return f"{d['mean']:+.1f}" + ("" if d.get("se") is None else f" ± {d['se']:.1f}")
+
+
+def section_xmodel_kd(results: Path) -> str:
+    """docs/results.md: baseline vs xModel-KD per regime, with the machine line of each regime."""
+    manifest, rows = _xkd_rows(results)
+    if manifest is None or not rows:
+        return f"_No measured rows yet (`bench/results/{XMODEL_KD}` lists the results files)._"
+    table = _table(
+        ["regime", "steps", "seeds", "baseline", "xModel-KD", "gain, paired ± se (per val world)",
+         "seeds ahead", "classes that change (IoU points)", "s/step baseline / xModel-KD"],
+        [[_regime_text(r["regime"]), r["steps"], r["seeds"], _num(r["baseline"]), _num(r["kd"]),
+          " / ".join(f"**{_gain(g)}** ({seq})" for seq, g in r["gains"]),
+          " / ".join(f"{a}/{r['seeds']}" for a in r["ahead"]),
+          ", ".join(f"{c} {v:+.1f}" for c, v in r["classes"]) or "-",
+          f"{_num(r['s_per_step']['baseline'])} / {_num(r['s_per_step']['kd'])}"] for r in rows])
+    lines = [f"<!-- kd labels={_regime_label(r['regime'])} baseline={r['baseline']:.1f} "
+             f"xmodel_kd={r['kd']:.1f} seeds={r['seeds']} -->" for r in rows]
+    teacher = next((r["teacher"] for r in rows if r.get("teacher")), None)
+    tline = ""
+    if teacher:
+        points = ", ".join(f"{_num(p['miou'])} ({seq})" for seq, p in teacher.get("points", {}).items())
+        tline = (f"\n\nThe camera teacher: pixel mIoU {_num(teacher['pixel_miou'])} on held-out rendered "
+                 f"images (step {teacher['step']}); on the points of the val worlds, what its KL hands the "
+                 f"LiDAR branch: {points or 'not scored'}.")
+    files = ", ".join(f"`{r['file']}`" for r in rows)
+    return ("\n".join(lines) + f"\n\n{manifest['what']} Measured on {manifest['machine']}, "
+            f"{manifest['date']}; results files: {files}.\n\n" + table + tline)
+
+
+def section_xmodel_kd_summary(results: Path) -> str:
+    """README: the gain per regime in one short table."""
+    manifest, rows = _xkd_rows(results)
+    if manifest is None or not rows:
+        return f"_No measured rows yet (`bench/results/{XMODEL_KD}`)._"
+    table = _table(["regime", "seeds", "baseline", "xModel-KD", "gain (paired ± se, per val world)"],
+                   [[_regime_text(r["regime"]), r["seeds"], _num(r["baseline"]), _num(r["kd"]),
+                     " / ".join(f"**{_gain(g)}**" for _, g in r["gains"])] for r in rows])
+    return (f"mIoU of the LiDAR branch alone, full scan, on two synthetic worlds never trained on; "
+            f"{manifest['machine']}, {manifest['date']}; set-up and per-class figures: "
+            f"[docs/results.md](docs/results.md).\n\n{table}")
+
+
 def section_demo(results: Path) -> str:
     """README: what the last `make demo` measured."""
     data = _load(results, "demo.json")
@@ -479,7 +582,8 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
     "train": section_train, "targets": section_targets, "ab": section_ab, "transport": section_transport,
     "camera_gain": section_camera_gain, "camera_gain_summary": section_camera_gain_summary,
     "demo": section_demo, "gpu": section_gpu, "dds": section_dds,
-    "train_semantickitti": section_train_semantickitti,
+    "train_semantickitti": section_train_semantickitti, "xmodel_kd": section_xmodel_kd,
+    "xmodel_kd_summary": section_xmodel_kd_summary,
 }
 
 
