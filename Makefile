@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.xkd-installed
 DEMO_OUT ?= demo_out
 
-.PHONY: venv demo test lint bench soak clean
+.PHONY: venv demo test lint bench soak fleet-loop clean
 
 venv: $(STAMP)
 
@@ -32,6 +32,12 @@ bench: $(STAMP)
 
 soak: $(STAMP)
 	$(BIN)/python -m bench.soak --minutes 10
+
+# The fleet loop measured on synthetic data (docs/fleet_loop.md): drive world B with a new LiDAR, log
+# pairs live, distil, export through the guard, redeploy; per seed, resumable. FLEET_ARGS adds options.
+FLEET_SEEDS ?= 0 1 2
+fleet-loop: $(STAMP)
+	$(BIN)/python -m experiments.fleet_loop --seeds $(FLEET_SEEDS) $(FLEET_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) build *.egg-info

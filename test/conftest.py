@@ -45,3 +45,16 @@ def _torch_threads():
     except ImportError:
         pass
     yield
+
+
+@pytest.fixture
+def no_leftover_children():
+    """Whatever a test starts (a node process, a bag player), nothing it spawned outlives it."""
+    import psutil
+
+    yield
+    for child in psutil.Process().children(recursive=True):
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import psutil
 import pytest
 import torch
 from kitti_fixtures import write_tiny_sequence
@@ -41,14 +40,8 @@ def _one_thread():
 
 
 @pytest.fixture(autouse=True)
-def _no_leftover_children():
-    """Whatever a test starts, nothing it spawned outlives it."""
-    yield
-    for child in psutil.Process().children(recursive=True):
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
+def _no_leftover_children(no_leftover_children):
+    """Every test of this module starts child processes (the node, players): none may outlive it."""
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import cv2
-import psutil
 import pytest
 import torch
 from node_fixtures import tiny_checkpoint
@@ -16,14 +15,9 @@ from xkd_ros.demo import main
 
 
 @pytest.fixture(autouse=True)
-def _cleanup():
+def _cleanup(no_leftover_children):
+    """One torch thread, as the node's; and none of the processes the demo starts outlives it."""
     torch.set_num_threads(1)
-    yield
-    for child in psutil.Process().children(recursive=True):
-        try:
-            child.kill()
-        except psutil.NoSuchProcess:
-            pass
 
 
 @pytest.mark.ros

@@ -1,5 +1,5 @@
 """Tests of xkd_core.data.pairlog: format round trip, non-blocking submit, atomic files, disk budget,
-I/O errors survived, flush on close / SIGTERM / exit, and the pseudo-label dataset."""
+I/O errors survived, flush on close / SIGTERM / exit, and the (label-free) training dataset."""
 
 from __future__ import annotations
 
@@ -80,17 +80,13 @@ def test_round_trip_through_writer_and_dataset(tmp_path: Path) -> None:
         for s in reversed(samples):  # submission order must not matter: files sort by stamp
             assert writer.submit(s)
     assert writer.stats()["written"] == 4
-    ds = PairLogDataset(tmp_path, min_confidence=0.5)
+    ds = PairLogDataset(tmp_path)
     assert len(ds) == 4
     for k, s in enumerate(samples):
         frame = ds[k]
         assert isinstance(frame, Frame)
         np.testing.assert_array_equal(frame.points, s.points)
-        expect = s.pred_labels.astype(np.int64)
-        expect[s.confidence < 0.5] = 0
-        assert frame.labels.dtype == np.int64
-        np.testing.assert_array_equal(frame.labels, expect)
-        assert 0 < (frame.labels == 0).sum() < len(expect)
+        assert frame.labels is None  # the node's predictions are never training targets
         assert len(frame.views) == len(s.views)
         for got, want in zip(frame.views, s.views):
             np.testing.assert_array_equal(got.image, want.image)  # PNG is lossless
@@ -535,6 +531,24 @@ def test_corrupt_files_skipped_and_counted(tmp_path: Path, caplog: pytest.LogCap
 def test_dataset_missing_root_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="nowhere"):
         PairLogDataset(tmp_path / "nowhere")
-    with pytest.raises(ValueError, match="min_confidence"):
-        PairLogDataset(tmp_path, min_confidence=1.5)
+    with pytest.raises(ValueError, match="camera"):
+        PairLogDataset(tmp_path, cameras=["not a name"])
     assert len(PairLogDataset(tmp_path)) == 0
+
+
+def test_dataset_keeps_the_segmented_points_and_the_selected_views(tmp_path: Path) -> None:
+    """Points the node kept from its model (non-finite, ego crop, range gates: logged with confidence 0)
+    are not training points; `cameras` picks logged views by name (2 = `image_2`), `all` keeps each."""
+    s = make_sample(S, n=300, n_views=3, seed=5)
+    s.points[:7, :3] = np.nan  # a driver's missed returns: confidence 0 as the node logs them
+    s.confidence[:20] = 0.0  # plus ego-crop / range-gated points
+    s.confidence[20:] = np.maximum(s.confidence[20:], 1.0 / 19)  # a softmax maximum is at least 1 / C
+    s.views[2].name = "image_2"
+    with PairLogWriter(tmp_path) as writer:
+        writer.submit(s)
+    frame = PairLogDataset(tmp_path)[0]
+    np.testing.assert_array_equal(frame.points, s.points[20:])
+    assert [v.name for v in frame.views] == ["cam0", "cam1", "image_2"]
+    assert [v.name for v in PairLogDataset(tmp_path, cameras=["cam1", 2])[0].views] == ["cam1", "image_2"]
+    with pytest.raises(ValueError, match=r"CAM_FRONT.*match none of the logged views"):
+        PairLogDataset(tmp_path, cameras=["CAM_FRONT"])

@@ -284,7 +284,8 @@ def test_ddp_two_cpu_processes_hold_identical_weights(scene_root: Path, tmp_path
 
 def test_finetune_on_pair_logs_from_a_checkpoint(baseline_run, scene_root: Path, tmp_path: Path) -> None:
     """data.source=pairlog + init_checkpoint: xModel-KD starts from the LiDAR-only checkpoint's 3D
-    weights (the camera branch starts fresh) and distils on the logged pairs' pseudo-labels."""
+    weights (the camera branch starts fresh) and learns from the logged pairs through the camera terms
+    only: the logged predictions are no labels (test_fleet_finetune.py: the fleet recipe)."""
     from xkd_core.data.pairlog import PairLogWriter, PairSample
     from xkd_core.inference import Segmenter
 
@@ -308,6 +309,7 @@ def test_finetune_on_pair_logs_from_a_checkpoint(baseline_run, scene_root: Path,
     result = trainer.fit()
     assert result.step == 2 and len(result.val) == 1
     assert {"loss/contrastive", "loss/kd"} <= set(result.history[-1])
+    assert all(h["loss/ce_3d"] == 0.0 and h["loss/lovasz_3d"] == 0.0 for h in result.history)
 
 
 def test_amp_on_cpu_warns_and_trains_in_float32(scene_root: Path, tmp_path: Path) -> None:

@@ -7,9 +7,10 @@ reader never sees a torn file whatever kills the writer; readers ignore `*.tmp`.
 - `PairLogWriter` runs in the node: `submit` never blocks inference (a bounded queue, drops are
   counted), a background thread encodes and writes, a disk budget is enforced before each write,
   and I/O errors (disk full, directory removed, permission) are counted and logged, never raised.
-- `PairLogDataset` runs in training: a `Frame` dataset whose labels are the node's predictions,
-  with low-confidence points set to ignore (pseudo-labels for further distillation); a corrupt file
-  is skipped with a warning instead of ending a training run.
+- `PairLogDataset` runs in training: a `Frame` dataset of the points the model segmented and the
+  logged views, without labels: the node's predictions are never training targets (its own errors
+  would be fed back); the camera teaches the LiDAR branch instead (`docs/fleet_loop.md`). A corrupt
+  file is skipped with a warning instead of ending a training run.
 
 No ROS imports here: the node hands over numpy arrays.
 """
@@ -28,6 +29,7 @@ import time
 import weakref
 import zipfile
 from collections import Counter, OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -38,9 +40,10 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from xkd_core import __version__
-from xkd_core.classes import IGNORE_INDEX, NUM_CLASSES
+from xkd_core.classes import NUM_CLASSES
 from xkd_core.data.frame import CameraView, Frame
-from xkd_core.data.semantickitti import DataFormatError
+from xkd_core.data.semantickitti import IMAGE_DIRS, DataFormatError
+from xkd_core.data.views import ALL_VIEWS, camera_selectors
 from xkd_core.geometry.projection import Pairs
 from xkd_core.log_throttle import LogThrottle
 from xkd_core.units import NS_PER_S
@@ -518,33 +521,55 @@ class PairLogWriter:
 # --------------------------------------------------------------------------- reader
 
 
-def pseudo_labels(sample: PairSample, min_confidence: float = 0.0) -> np.ndarray:
-    """The node's predictions as int64 learning ids, 0 (ignore) where confidence < `min_confidence`."""
-    labels = sample.pred_labels.astype(np.int64)
-    labels[sample.confidence < min_confidence] = IGNORE_INDEX
-    labels[~np.isfinite(sample.points).all(axis=1)] = IGNORE_INDEX
-    return labels
+def segmented_points(sample: PairSample) -> np.ndarray:
+    """(N,) bool: the points the node's model segmented. The others (non-finite, ego crop, `min_range`,
+    `max_range`) are logged with confidence 0, which a prediction never has (a softmax maximum over the
+    classes is at least 1 / C)."""
+    return (sample.confidence > 0) & np.isfinite(sample.points).all(axis=1)
+
+
+def _view_names(cameras: Sequence[int | str]) -> set[str] | None:
+    """The view names `data.cameras`-style selectors pick from a log (None: every view)."""
+    selectors = camera_selectors(cameras)
+    if selectors == [ALL_VIEWS]:
+        return None
+    return {IMAGE_DIRS[c] if isinstance(c, int) else c for c in selectors}
 
 
 class PairLogDataset(Dataset):
-    """`Frame`s from a pair log, labelled with the node's confident predictions (pseudo-labels).
+    """Unlabeled `Frame`s from a pair log: the points the node's model segmented (`segmented_points`)
+    and the logged views that `cameras` selects (view names, KITTI indices 2 / 3 for `image_2` /
+    `image_3`, or `all`), `labels` None.
 
     `Frame.sequence` is the log directory's name and `Frame.frame_id` the file stem. A file that
     cannot be read is logged, remembered and skipped (the next readable file is returned instead),
     so one torn or truncated file never ends a training run; `num_corrupt` counts them (per process
-    when a DataLoader uses worker processes).
+    when a DataLoader uses worker processes). Selectors that match no view of the log's first readable
+    file are refused at construction: a typo must not silently train without the camera.
     """
 
-    def __init__(self, root: str | Path, min_confidence: float = 0.0, clean_tmp_older_than_s: float = 60.0):
+    def __init__(self, root: str | Path, cameras: Sequence[int | str] | str = ALL_VIEWS,
+                 clean_tmp_older_than_s: float = 60.0):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise FileNotFoundError(f"pair log directory not found: {self.root}")
-        if not 0.0 <= min_confidence <= 1.0:
-            raise ValueError(f"PairLogDataset min_confidence must be in [0, 1], got {min_confidence!r}")
-        self.min_confidence = float(min_confidence)
+        self.names = _view_names(cameras)
         clean_stale_tmp(self.root, clean_tmp_older_than_s)
         self.files = list_pair_files(self.root)
         self._corrupt: set[int] = set()
+        if self.names is not None and self.files:
+            logged = self._first_view_names()
+            if logged is not None and not self.names & logged:
+                raise ValueError(f"pair log {self.root}: cameras {sorted(self.names)} match none of the "
+                                 f"logged views {sorted(logged)}")
+
+    def _first_view_names(self) -> set[str] | None:
+        for path in self.files:
+            try:
+                return {v.name for v in read_pair_file(path).views}
+            except DataFormatError:
+                continue
+        return None
 
     def __len__(self) -> int:
         return len(self.files)
@@ -553,7 +578,8 @@ class PairLogDataset(Dataset):
     def num_corrupt(self) -> int:
         return len(self._corrupt)
 
-    def __getitem__(self, index: int) -> Frame:
+    def sample(self, index: int) -> tuple[int, PairSample]:
+        """(file index, everything in it) of the readable file at `index` or the next readable one."""
         n = len(self.files)
         if not -n <= index < n:
             raise IndexError(f"PairLogDataset index {index} out of range for {n} file(s) in {self.root}")
@@ -562,12 +588,15 @@ class PairLogDataset(Dataset):
             if j in self._corrupt:
                 continue
             try:
-                sample = read_pair_file(self.files[j])
+                return j, read_pair_file(self.files[j])
             except DataFormatError as exc:
                 self._corrupt.add(j)
                 logger.warning("skipping pair file (%d skipped so far): %s", len(self._corrupt), exc)
-                continue
-            return Frame(points=sample.points, labels=pseudo_labels(sample, self.min_confidence),
-                         instance=None, views=sample.views, sequence=self.root.name,
-                         frame_id=self.files[j].stem)
         raise DataFormatError(f"no readable pair file in {self.root} ({n} file(s), all corrupt)")
+
+    def __getitem__(self, index: int) -> Frame:
+        j, sample = self.sample(index)
+        keep = segmented_points(sample)
+        views = [v for v in sample.views if self.names is None or v.name in self.names]
+        return Frame(points=sample.points[keep], labels=None, instance=None, views=views,
+                     sequence=self.root.name, frame_id=self.files[j].stem)

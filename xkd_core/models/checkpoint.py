@@ -145,16 +145,22 @@ def _atomic_save(ckpt: dict[str, Any], path: Path) -> Path:
 EXPORT_KEYS = ("train_config", "step", "description")
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, description: str = "") -> Path:
+def export_checkpoint(src: str | Path, dst: str | Path, description: str = "",
+                      extra: dict[str, Any] | None = None) -> Path:
     """Write `src` without its training state (optimizer, scheduler, scaler, RNG: ~2/3 of a
     training checkpoint) for the node and evaluation; weights, config, class map, the training
     config and step stay. `description` (e.g. what data it saw) is stored for `xkd-eval` / the node
-    to report. The weights are checked to fit the config before anything is written."""
+    to report, `extra` (plain data, e.g. the fine-tune guard's report) as well. The weights are
+    checked to fit the config before anything is written."""
     ckpt = load_checkpoint(src)
     model_from_loaded(ckpt, src)
     out = {k: ckpt[k] for k in (*_RESERVED, *EXPORT_KEYS) if k in ckpt}
     if description:
         out["description"] = description
+    clash = sorted(set(extra or {}) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"export_checkpoint({dst}): extra keys {clash} are reserved")
+    out.update(extra or {})
     return _atomic_save(out, Path(dst))
 
 

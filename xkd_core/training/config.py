@@ -50,20 +50,43 @@ def _sequence_ids(values: list[str | int] | None, where: str) -> list[str] | Non
 
 
 @dataclass
+class MixConfig:
+    """Labeled scans mixed into a fine-tune on a pair log (`data.source: pairlog`), so that the model
+    keeps what it knew: every batch holds `data.batch_size` logged scans, which teach through the
+    camera only, plus `per_batch` scans of a SemanticKITTI-format root with their labels (e.g. the
+    data the deployed model was trained on), drawn from a stream of their own."""
+
+    #: SemanticKITTI-format root; None = the log alone.
+    root: str | None = None
+    #: Its sequences; None = the official train split.
+    sequences: list[str | int] | None = None
+    per_batch: int = 1
+
+    def __post_init__(self) -> None:
+        if self.root is not None and not self.root:
+            raise ValueError("data.mix.root must name a SemanticKITTI-format folder (or null for none)")
+        self.sequences = _sequence_ids(self.sequences, "data.mix.sequences")
+        if self.per_batch < 1:
+            raise ValueError(f"data.mix.per_batch must be >= 1, got {self.per_batch}")
+
+
+@dataclass
 class DataConfig:
     """Where the scans come from and how they are turned into batches."""
 
     root: str
     source: Literal["semantickitti", "pairlog"] = "semantickitti"
-    #: SemanticKITTI sequences to train on; None = the official train split. Ignored for `pairlog`.
+    #: SemanticKITTI sequences to train on; None = the official train split. Ignored for `pairlog`,
+    #: whose `root` is the log directory (no labels: the camera teaches, `docs/fleet_loop.md`).
     train_sequences: list[str | int] | None = None
     #: Sequences to validate on (with ground truth); None = the official val split, [] = no validation.
     val_sequences: list[str | int] | None = None
     #: SemanticKITTI root holding `val_sequences`; None = `root` (needed when `source` is `pairlog`).
     val_root: str | None = None
-    #: Pair logs: pseudo-labels with a confidence below this become ignore (0).
-    pairlog_min_confidence: float = 0.0
-    #: Views per frame (`xkd_core.data.views`): KITTI indices 2 / 3, view names (`CAM_FRONT`), or `all`.
+    #: `source: pairlog` only: labeled scans added to every batch of the log's (see `MixConfig`).
+    mix: MixConfig = field(default_factory=lambda: MixConfig())
+    #: Views per frame (`xkd_core.data.views`): KITTI indices 2 / 3, view names (`CAM_FRONT`), or `all`;
+    #: of a pair log, the logged views of those names (KITTI index 2 = the view `image_2`).
     cameras: list[int | str] | str = field(default_factory=lambda: [2])
     image_hw: tuple[int, int] = (320, 960)
     point_aug: PointAugConfig = field(default_factory=PointAugConfig)
@@ -108,8 +131,12 @@ class DataConfig:
             raise ValueError("data.max_points must be >= 1 (or null for all points)")
         if len(self.image_hw) != 2 or min(self.image_hw) < 1:
             raise ValueError(f"data.image_hw must be two positive sizes (H, W), got {self.image_hw}")
-        if not 0.0 <= self.pairlog_min_confidence <= 1.0:
-            raise ValueError("data.pairlog_min_confidence must lie in [0, 1]")
+        if self.mix.root is not None and self.source != "pairlog":
+            raise ValueError("data.mix adds labeled scans to the batches of a pair log (data.source: "
+                             "pairlog); a SemanticKITTI-format source trains on its own labels")
+        if self.source == "pairlog" and self.labeled_scans is not None:
+            raise ValueError("data.labeled_scans chooses labeled scans of a SemanticKITTI-format source; a "
+                             "pair log has no labels (data.mix adds labeled scans to its batches)")
         if self.labeled_scans is not None and self.labeled_scans < 0:
             raise ValueError(f"data.labeled_scans must be >= 0 (or null), got {self.labeled_scans}")
         if self.unlabeled_batch_size is not None and self.unlabeled_batch_size < 1:
@@ -195,6 +222,13 @@ class TrainConfig:
     #: proj_3d, proj_2d, fusion_head); null = every weight it has. `[image_net]` takes a camera
     #: teacher and leaves the 3D network at this run's seed init, as the baseline's.
     init_modules: list[str] | None = None
+    #: Take `model.architecture` and `data.image_hw` from `init_checkpoint` instead of this file: a
+    #: fine-tune of whatever model is deployed (config/train/fleet_finetune.yaml) needs no preset that
+    #: matches it. The resolved config (what checkpoints embed) holds the adopted values.
+    init_architecture: bool = False
+    #: Checkpoint whose camera branch (`image_net`) is loaded after `init_checkpoint`, to teach frozen
+    #: (`distillation.freeze_camera`): an explicit camera teacher instead of the fine-tuned model's own.
+    teacher_checkpoint: str | None = None
     #: DDP: allow parameters that get no gradient in a step (e.g. no point-pixel pairs in a batch).
     find_unused_parameters: bool = True
     #: DDP on GPUs: BatchNorm statistics over all ranks (SyncBatchNorm; gloo/CPU has none, there the
@@ -228,19 +262,48 @@ class TrainConfig:
                                  f"among {list(INIT_MODULES)} (or null for every weight)")
             if self.init_checkpoint is None:
                 raise ValueError("init_modules needs init_checkpoint")
+        if self.init_architecture and self.init_checkpoint is None:
+            raise ValueError("init_architecture takes the model of init_checkpoint: set init_checkpoint "
+                             "(e.g. the deployed model)")
+        if self.teacher_checkpoint is not None:
+            if not self.teacher_checkpoint:
+                raise ValueError("teacher_checkpoint must name a checkpoint (or null for none)")
+            if self.stage != "lidar" or not frozen:
+                raise ValueError("teacher_checkpoint loads a frozen camera teacher: it needs stage lidar, "
+                                 "model.use_camera true and model.distillation.freeze_camera true")
         kd = self.model.distillation
-        loads_camera = self.init_checkpoint is not None and (self.init_modules is None
-                                                             or "image_net" in self.init_modules)
+        loads_camera = self.teacher_checkpoint is not None or (
+            self.init_checkpoint is not None
+            and (self.init_modules is None or "image_net" in self.init_modules))
         if self.stage == "lidar" and frozen and kd.wkd > 0 and kd.kd_teacher == "2d" and not loads_camera:
             raise ValueError("model.distillation.freeze_camera with kd_teacher 2d: a frozen camera branch "
                              "teaches what it was trained on: load one with init_checkpoint (a stage: camera "
-                             "run) and init_modules holding image_net")
+                             "run) and init_modules holding image_net, or with teacher_checkpoint")
+        if self.data.source == "pairlog" and self.stage == "lidar" and self.data.mix.root is None:
+            learns = self.model.use_camera and (kd.wkd > 0 or self.model.losses.wc > 0)
+            if not learns:
+                raise ValueError("data.source pairlog: a pair log has no labels, so the model learns from it "
+                                 "through the camera only (model.use_camera with distillation.wkd or "
+                                 "losses.wc > 0); with neither, and no data.mix, there is nothing to train "
+                                 "on")
 
 
 #: Run settings removed with the model switches they served (see model_config.REMOVED), each with the
 #: value that left it off: `init_skip` kept parts of `init_checkpoint` fresh, for the camera teacher
 #: trained first of the pseudo-label experiments.
 REMOVED_RUN_KEYS = {"init_skip": []}
+#: `data:` keys removed, with the value that left them off: `pairlog_min_confidence` kept the node's
+#: confident predictions of a pair log as labels; a pair log now teaches through the camera only.
+REMOVED_DATA_KEYS = {"pairlog_min_confidence": 0.0}
+
+
+def removed_data_key_error(key: str, value: object) -> ConfigError:
+    """The error for a removed `data:` key set to something other than its off value."""
+    return ConfigError(
+        f"data.{key} = {value!r}: removed. Training on a pair log no longer takes the node's own predictions "
+        "as labels (its errors fed back); the log's camera images teach the LiDAR branch through the "
+        "frozen camera branch (config/train/fleet_finetune.yaml, docs/fleet_loop.md). Only "
+        f"{REMOVED_DATA_KEYS[key]!r} is accepted")
 
 
 def migrate_train_dict(data: dict, where: str = "") -> dict:
@@ -254,6 +317,13 @@ def migrate_train_dict(data: dict, where: str = "") -> dict:
             value = out.pop(key)
             if value != off:
                 raise removed_switch_error(where.rstrip(".") or "config", key, value, off)
+    if isinstance(out.get("data"), dict):
+        out["data"] = dict(out["data"])
+        for key, off in REMOVED_DATA_KEYS.items():
+            if key in out["data"]:
+                value = out["data"].pop(key)
+                if value != off:
+                    raise removed_data_key_error(key, value)
     return out
 
 
@@ -275,6 +345,10 @@ def migrate_overrides(overrides: Iterable[str]) -> list[str]:
                     raise removed_switch_error("model", keys[1], value, REMOVED[keys[1]])
                 continue
             out.append(".".join(["model", *moved]) + "=" + raw)
+        elif len(keys) == 2 and keys[0] == "data" and keys[1] in REMOVED_DATA_KEYS:
+            value = yaml.safe_load(raw)
+            if value != REMOVED_DATA_KEYS[keys[1]]:
+                raise removed_data_key_error(keys[1], value)
         elif len(keys) == 1 and keys[0] in REMOVED_RUN_KEYS:
             value = yaml.safe_load(raw)
             if value != REMOVED_RUN_KEYS[keys[0]]:

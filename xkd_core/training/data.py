@@ -9,8 +9,10 @@ resumed at step k sees exactly the batches an uninterrupted run sees from step k
 With `data.labeled_scans` (a few labeled scans, many unlabeled paired ones) an epoch is one pass over
 the labeled scans, and a model that learns from unlabeled scans gets `unlabeled_batch_size` of them
 added to every batch from a stream of its own whose position is also a function of the step
-(`LabeledUnlabeledBatchSampler`). The camera teacher's stage (`stage: camera`) samples single images
-with dense labels (`ViewSampleDataset`) the same way.
+(`LabeledUnlabeledBatchSampler`). A pair log (`data.source: pairlog`) gives unlabeled scans that
+teach through the camera only (`LogFrames`); with `data.mix` an epoch is one pass over the log and
+every batch gets `mix.per_batch` labeled scans the same way. The camera teacher's stage (`stage:
+camera`) samples single images with dense labels (`ViewSampleDataset`) the same way.
 """
 
 from __future__ import annotations
@@ -253,9 +255,7 @@ def build_frame_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
         return _view_datasets(cfg)
     cameras = tuple(d.cameras) if cfg.model.use_camera or d.label_frustum else ()
     if d.source == "pairlog":
-        from xkd_core.data.pairlog import PairLogDataset
-
-        train: Dataset = PairLogDataset(d.root, min_confidence=d.pairlog_min_confidence)
+        train: Dataset = log_frames(cfg, cameras)
     else:
         train = SemanticKittiDataset(d.root, split="train", sequences=d.train_sequences, cameras=cameras)
     if len(train) == 0:  # type: ignore[arg-type]
@@ -267,6 +267,50 @@ def build_frame_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
         return train, None  # pair logs carry pseudo-labels only: nothing to validate against
     val = SemanticKittiDataset(val_root, split="val", sequences=d.val_sequences, cameras=())
     return train, (val if len(val) else None)
+
+
+class LogFrames(Dataset):
+    """The training frames of a fine-tune on a pair log: the log's scans (indices `log_indices`), every
+    label ignore, then the `data.mix` scans with their labels (`mix_indices`).
+
+    Why no label from the log: its predictions are the deployed model's own, errors included; trained
+    on, they would be fed back. A logged scan teaches through the camera terms only (the KL towards the
+    frozen camera branch, InfoNCE if configured); the mixed scans keep the model on what it knew.
+    """
+
+    def __init__(self, log: Dataset, mix: Dataset | None = None) -> None:
+        self.log, self.mix = log, mix
+        n_log = len(log)  # type: ignore[arg-type]
+        n_mix = 0 if mix is None else len(mix)  # type: ignore[arg-type]
+        self.log_indices = np.arange(n_log, dtype=np.int64)
+        self.mix_indices = n_log + np.arange(n_mix, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.log_indices) + len(self.mix_indices)
+
+    def __getitem__(self, index: int) -> Frame:
+        n_log = len(self.log_indices)
+        if index < n_log:
+            frame = self.log[index]
+            return dataclasses.replace(frame, labels=np.full(frame.num_points, IGNORE_INDEX, np.int64))
+        return self.mix[index - n_log]  # type: ignore[index]
+
+
+def log_frames(cfg: TrainConfig, cameras: tuple[int | str, ...]) -> LogFrames:
+    """`data.source: pairlog`: the log at `data.root` (views selected by `data.cameras`) and the labeled
+    scans of `data.mix`, if any."""
+    from xkd_core.data.pairlog import PairLogDataset
+
+    d = cfg.data
+    log = PairLogDataset(d.root, cameras=d.cameras if cfg.model.use_camera else "all")  # no camera: unused
+    if len(log) == 0:
+        raise ValueError(f"data.root {d.root!r}: the pair log holds no pair file")
+    mix = None
+    if d.mix.root is not None:
+        mix = SemanticKittiDataset(d.mix.root, split="train", sequences=d.mix.sequences, cameras=cameras)
+        if len(mix) == 0:
+            raise ValueError(f"data.mix.root {d.mix.root!r}: no scan in sequences {d.mix.sequences}")
+    return LogFrames(log, mix)
 
 
 def _view_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
@@ -289,12 +333,30 @@ def build_sample_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset | None]:
     return wrap(frames_train, cfg, train=True), val
 
 
-def steps_per_epoch(samples: Dataset, cfg: TrainConfig, info: DistInfo) -> int:
-    """Optimizer steps in one epoch: a pass over the training set, or over its labeled scans under
-    `data.labeled_scans` (all scans when none is labeled)."""
+def batch_streams(samples: Dataset, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """How batches are composed when they draw on two kinds of scans: (the scans an epoch passes over,
+    `batch_size` of them per batch; the scans added to every batch from a stream of their own; how
+    many of those per batch). Under `data.labeled_scans`: the labeled scans, and the unlabeled ones when
+    the model learns from them. On a pair log with `data.mix`: the log's scans, and the mixed labeled
+    ones. None: plain batches over the whole training set."""
+    frames = getattr(samples, "frames", None)
+    if isinstance(frames, LogFrames) and len(frames.mix_indices):
+        return frames.log_indices, frames.mix_indices, cfg.data.mix.per_batch
     labeled = getattr(samples, "labeled", None)
     if labeled is not None and len(labeled):
-        return batches_per_epoch(len(labeled), info, cfg.data.batch_size)
+        unlabeled = 0
+        if learns_from_unlabeled(cfg) and len(samples.unlabeled):
+            unlabeled = cfg.data.unlabeled_batch_size or cfg.data.batch_size
+        return labeled, samples.unlabeled, unlabeled
+    return None
+
+
+def steps_per_epoch(samples: Dataset, cfg: TrainConfig, info: DistInfo) -> int:
+    """Optimizer steps in one epoch: a pass over the training set, over its labeled scans under
+    `data.labeled_scans` (all scans when none is labeled), or over the log's scans of a pair log."""
+    streams = batch_streams(samples, cfg)
+    if streams is not None:
+        return batches_per_epoch(len(streams[0]), info, cfg.data.batch_size)
     return batches_per_epoch(len(samples), info, cfg.data.batch_size)  # type: ignore[arg-type]
 
 
@@ -315,13 +377,11 @@ def train_loader(
 ) -> DataLoader:
     """The loader of one training epoch, starting at batch `start_batch` (exact resume)."""
     bs = cfg.data.batch_size
-    labeled = getattr(samples, "labeled", None)
-    if labeled is not None and len(labeled):
-        unlabeled = 0
-        if learns_from_unlabeled(cfg) and len(samples.unlabeled):
-            unlabeled = cfg.data.unlabeled_batch_size or bs
-        batch_sampler: Sampler = LabeledUnlabeledBatchSampler(labeled, samples.unlabeled, bs, unlabeled, info,
-                                                              cfg.seed, epoch, start_batch)
+    streams = batch_streams(samples, cfg)
+    if streams is not None:  # the sampler's "labeled" scans drive the epoch, its "unlabeled" are added
+        first, added, per_batch = streams
+        batch_sampler: Sampler = LabeledUnlabeledBatchSampler(first, added, bs, per_batch, info, cfg.seed,
+                                                              epoch, start_batch)
     else:
         sampler = ResumableSampler(len(samples), info, cfg.seed, epoch, start=start_batch * bs)
         batch_sampler = BatchSampler(sampler, bs, drop_last=False)

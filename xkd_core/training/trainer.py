@@ -71,6 +71,21 @@ def labels_from_logits(logits: torch.Tensor, ignore_index: int = IGNORE_INDEX) -
     return scores.argmax(dim=1)
 
 
+def adopt_init_architecture(cfg: TrainConfig) -> TrainConfig:
+    """`cfg` with `model.architecture`, `model.num_classes` / `ignore_index` and `data.image_hw` of its
+    `init_checkpoint` (`init_architecture: true`): the network image size belongs to the camera branch's
+    training, the architecture to the weights. A LiDAR-only checkpoint has no image size: `data.image_hw`
+    stays. Errors name the checkpoint."""
+    from xkd_core.models.checkpoint import config_from_checkpoint
+
+    path = cfg.init_checkpoint
+    stored, hw = config_from_checkpoint(load_checkpoint(path, map_location="cpu"), path)
+    model = dataclasses.replace(cfg.model, architecture=stored.architecture, num_classes=stored.num_classes,
+                                ignore_index=stored.ignore_index)
+    data = cfg.data if hw is None else dataclasses.replace(cfg.data, image_hw=tuple(hw))
+    return dataclasses.replace(cfg, model=model, data=data)
+
+
 class Trainer:
     """Owns the model, optimizer, data and bookkeeping of one run (see module docstring)."""
 
@@ -92,11 +107,23 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         self.amp_dtype = self._amp_dtype()
 
+        if cfg.init_architecture:
+            cfg = self.cfg = adopt_init_architecture(cfg)
         # Same seed on every rank for the weights (DDP also broadcasts rank 0's), then a per-rank seed.
         seed_everything(cfg.seed, cfg.deterministic)
         model = XModelKD(dataclasses.replace(cfg.model, backend=cfg.sparse_backend), device=device)
+        loaded: set[str] = set()
         if cfg.init_checkpoint:
-            self._load_init_weights(model, cfg.init_checkpoint, cfg.init_modules)
+            loaded |= self._load_init_weights(model, cfg.init_checkpoint, cfg.init_modules)
+        if cfg.teacher_checkpoint:
+            loaded |= self._load_teacher(model, cfg.teacher_checkpoint)
+        kd = cfg.model.distillation
+        teaches = cfg.stage == "lidar" and model.camera_frozen and kd.wkd > 0 and kd.kd_teacher == "2d"
+        if teaches and not any(k.startswith("image_net.") for k in loaded):
+            raise ValueError("model.distillation.freeze_camera: no checkpoint brought the camera branch, so "
+                             "it would teach from its initial weights; init_checkpoint "
+                             f"{cfg.init_checkpoint} has none (a LiDAR-only model?): give "
+                             "teacher_checkpoint (a camera teacher)")
         if cfg.stage == "camera":  # the camera teacher: only its branch learns (and is in the optimizer)
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith("image_net."))
@@ -140,12 +167,13 @@ class Trainer:
             return None
         return torch.bfloat16 if self.cfg.amp == "bf16" else torch.float16
 
-    def _load_init_weights(self, model: torch.nn.Module, path: str, modules: list[str] | None = None) -> None:
+    def _load_init_weights(self, model: torch.nn.Module, path: str, modules: list[str] | None = None
+                           ) -> set[str]:
         """Start from a checkpoint's weights (fine-tuning); parts the checkpoint lacks keep their init.
 
         With `modules` only the weights of those top-level modules are taken, and the checkpoint must
         hold every one of them (a camera teacher without its camera branch is an error, not a fresh
-        init); the rest keep this run's seed init.
+        init); the rest keep this run's seed init. Returns the names of the weights loaded.
         """
         ckpt = load_checkpoint(path, map_location="cpu")
         state = ckpt["model"]
@@ -169,6 +197,24 @@ class Trainer:
                      len(result.missing_keys), len(result.unexpected_keys))
             if result.missing_keys:
                 log.info("kept fresh: %s", ", ".join(result.missing_keys[:8]))
+        return set(state) - set(result.unexpected_keys)
+
+    def _load_teacher(self, model: XModelKD, path: str) -> set[str]:
+        """Load the camera branch of checkpoint `path` (`teacher_checkpoint`), every weight of it, strictly:
+        a teacher that does not fit this model's camera branch is an error naming both."""
+        state = load_checkpoint(path, map_location="cpu")["model"]
+        prefix = "image_net."
+        teacher = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not teacher:
+            raise ValueError(f"teacher_checkpoint {path} has no camera branch (image_net weights)")
+        try:
+            model.image_net.load_state_dict(teacher, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"teacher_checkpoint {path}: its camera branch does not fit "
+                             f"model.architecture: {exc}") from exc
+        if self.info.is_main:
+            log.info("camera teacher from %s (%d weights)", path, len(teacher))
+        return {prefix + k for k in teacher}
 
     def _resume(self, path: str | Path) -> None:
         ckpt = load_checkpoint(path, map_location="cpu")
