@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from xkd_core.device import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -42,19 +44,6 @@ def _env_int(name: str, default: int) -> int:
         raise ValueError(f"environment variable {name}={raw!r} is not an integer") from exc
 
 
-def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
-    """`auto` -> cuda:LOCAL_RANK when a GPU exists, else cpu; `cuda` -> cuda:LOCAL_RANK."""
-    if pref == "auto":
-        pref = "cuda" if torch.cuda.is_available() else "cpu"
-    if pref.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"device {pref!r} requested but CUDA is not available")
-        dev = torch.device(f"cuda:{local_rank}") if pref == "cuda" else torch.device(pref)
-        torch.cuda.set_device(dev)
-        return dev
-    return torch.device("cpu")
-
-
 def init_distributed(device_pref: str) -> tuple[DistInfo, torch.device]:
     """Join the torchrun process group if there is one (nccl on GPU, gloo on CPU); pick the device."""
     world = _env_int("WORLD_SIZE", 1)
@@ -62,6 +51,8 @@ def init_distributed(device_pref: str) -> tuple[DistInfo, torch.device]:
     local = _env_int("LOCAL_RANK", rank)
     info = DistInfo(rank=rank, local_rank=local, world_size=world)
     device = resolve_device(device_pref, local)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
     if info.distributed and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
