@@ -33,9 +33,11 @@ from xkd_core.classes import to_learning
 from xkd_core.data.semantickitti import (
     DataFormatError,
     frame_ids,
+    label_path,
     read_image,
     read_labels,
     read_points,
+    scan_path,
     sequence_dir,
 )
 from xkd_core.data.views import ALL_VIEWS, ViewCalib, camera_selectors, select_views, sequence_views
@@ -185,13 +187,13 @@ def _write(writer: Writer, seq_dir: Path, fids: list[str], stamps: list[int], vi
 
     for fid, stamp in tqdm(list(zip(fids, stamps)), desc=f"kitti2bag {seq_dir.name}", unit="frame",
                            disable=not progress):
-        points = read_points(seq_dir / "velodyne" / f"{fid}.bin")
+        points = read_points(scan_path(seq_dir, fid))
         scan_header = rosbags_header(stamp, LIDAR_FRAME, TYPESTORE)
         dense = bool(np.isfinite(points[:, :3]).all())
         put(scan_conn, stamp, to_rosbags_cloud(scan_header, xyzi_array(points), TYPESTORE, is_dense=dense))
         count += 1
         if gt_conn is not None:
-            semantic, _ = read_labels(seq_dir / "labels" / f"{fid}.label", num_points=len(points))
+            semantic, _ = read_labels(label_path(seq_dir, fid), num_points=len(points))
             gt = xyzl_array(points, to_learning(semantic))
             put(gt_conn, stamp, to_rosbags_cloud(scan_header, gt, TYPESTORE, is_dense=dense))
             count += 1

@@ -22,10 +22,12 @@ from xkd_core.data.semantickitti import (
     SPLITS,
     DataFormatError,
     frame_ids,
+    label_path,
     read_class_image,
     read_image,
     read_labels,
     read_points,
+    scan_path,
     sequence_dir,
 )
 from xkd_core.data.views import ViewCalib, camera_selectors, select_views
@@ -82,7 +84,7 @@ class SemanticKittiDataset(Dataset):
     def _companions(self, seq_dir: Path, seq: str, fid: str) -> list[Path]:
         paths = [view.image_path(seq_dir, fid) for view in self._views[seq]]
         if self.with_labels:
-            paths.insert(0, seq_dir / "labels" / f"{fid}.label")
+            paths.insert(0, label_path(seq_dir, fid))
         return paths
 
     def __len__(self) -> int:
@@ -101,10 +103,10 @@ class SemanticKittiDataset(Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} frames")
         seq, fid = self._index[index]
         seq_dir = self._dirs[seq]
-        points = read_points(seq_dir / "velodyne" / f"{fid}.bin")
+        points = read_points(scan_path(seq_dir, fid))
         labels = instance = None
         if self.with_labels:
-            semantic, instance = read_labels(seq_dir / "labels" / f"{fid}.label", num_points=len(points))
+            semantic, instance = read_labels(label_path(seq_dir, fid), num_points=len(points))
             labels = to_learning(semantic).astype(np.int64)
         views = []
         for view in self._views[seq]:

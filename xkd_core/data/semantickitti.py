@@ -207,6 +207,16 @@ def sequence_dir(root: str | Path, sequence: str | int) -> Path:
     return base / f"{int(sequence):02d}"
 
 
+def scan_path(seq_dir: str | Path, fid: str) -> Path:
+    """`velodyne/<fid>.bin` of a sequence."""
+    return Path(seq_dir) / "velodyne" / f"{fid}.bin"
+
+
+def label_path(seq_dir: str | Path, fid: str) -> Path:
+    """`labels/<fid>.label` of a sequence."""
+    return Path(seq_dir) / "labels" / f"{fid}.label"
+
+
 def frame_ids(seq_dir: str | Path) -> list[str]:
     """Sorted frame ids (`000000`, ...) of a sequence, from its `velodyne` folder."""
     vel = Path(seq_dir) / "velodyne"

@@ -9,6 +9,8 @@ import numpy as np
 from tqdm import tqdm
 
 from xkd_core.data.semantickitti import (
+    label_path,
+    scan_path,
     sequence_dir,
     write_calib,
     write_class_image,
@@ -88,8 +90,8 @@ def generate(
         for frame in range(scans):
             name = f"{frame:06d}"
             points, sem, inst = seq.scan(frame)
-            write_points(seq_dir / "velodyne" / f"{name}.bin", points)
-            write_labels(seq_dir / "labels" / f"{name}.label", sem, inst)
+            write_points(scan_path(seq_dir, name), points)
+            write_labels(label_path(seq_dir, name), sem, inst)
             for view in seq.views:
                 rgb, classes = seq.image(frame, view.name)
                 write_image(view.image_path(seq_dir, name), rgb)

@@ -12,7 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from xkd_core.classes import CLASS_NAMES, LEARNING_MAP
-from xkd_core.data.semantickitti import frame_ids, read_labels, read_points, sequence_dir
+from xkd_core.data.semantickitti import (
+    frame_ids,
+    label_path,
+    read_labels,
+    read_points,
+    scan_path,
+    sequence_dir,
+)
 
 
 @dataclass
@@ -40,8 +47,8 @@ def collect(root: str | Path, sequences: Sequence[str | int]) -> LabelStats:
     for seq in sequences:
         seq_dir = sequence_dir(root, seq)
         for fid in frame_ids(seq_dir):
-            n = read_points(seq_dir / "velodyne" / f"{fid}.bin").shape[0]
-            sem, _ = read_labels(seq_dir / "labels" / f"{fid}.label", num_points=n)
+            n = read_points(scan_path(seq_dir, fid)).shape[0]
+            sem, _ = read_labels(label_path(seq_dir, fid), num_points=n)
             counts += np.bincount(sem, minlength=1 << 16)
             stats.points.append(n)
             stats.scans += 1
