@@ -220,3 +220,25 @@ def test_any_memory_layout_and_dtype_give_the_same_result():
     for variant in (np.asfortranarray(pts), wide[:, :4], pts.astype(np.float64)):
         res = seg.segment(variant)
         assert np.array_equal(res.labels, ref.labels) and np.array_equal(res.confidence, ref.confidence)
+
+
+def test_a_lidar_only_export_predicts_as_the_lidar_branch_of_the_full_model(tmp_path) -> None:
+    """`xkd-export --lidar-only`: the camera modules go, the LiDAR branch's labels stay bit for bit."""
+    from node_fixtures import synthetic_scan, tiny_checkpoint
+
+    from xkd_core.models.checkpoint import CAMERA_MODULES, load_checkpoint
+    from xkd_core.models.export import main as export_main
+
+    full = tiny_checkpoint(tmp_path / "full.pt")
+    slim = tmp_path / "lidar.pt"
+    assert export_main(["--checkpoint", str(full), "--out", str(slim), "--lidar-only"]) == 0
+    ckpt = load_checkpoint(slim)
+    assert ckpt["config"]["model"]["use_camera"] is False
+    assert not any(k.split(".", 1)[0] in CAMERA_MODULES for k in ckpt["model"])
+    assert slim.stat().st_size < full.stat().st_size
+    points = synthetic_scan(5)
+    a = Segmenter.from_checkpoint(full, "cpu").segment(points)
+    b = Segmenter.from_checkpoint(slim, "cpu").segment(points)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    np.testing.assert_array_equal(a.confidence, b.confidence)
+    assert not Segmenter.from_checkpoint(slim, "cpu", fuse=True).fuse  # nothing left to fuse with

@@ -145,16 +145,26 @@ def _atomic_save(ckpt: dict[str, Any], path: Path) -> Path:
 EXPORT_KEYS = ("train_config", "step", "description")
 
 
+#: Modules of a camera-capable model that only the camera uses (the LiDAR branch runs without them).
+CAMERA_MODULES = ("image_net", "proj_3d", "proj_2d", "fusion_head")
+
+
 def export_checkpoint(src: str | Path, dst: str | Path, description: str = "",
-                      extra: dict[str, Any] | None = None) -> Path:
+                      extra: dict[str, Any] | None = None, lidar_only: bool = False) -> Path:
     """Write `src` without its training state (optimizer, scheduler, scaler, RNG: ~2/3 of a
     training checkpoint) for the node and evaluation; weights, config, class map, the training
     config and step stay. `description` (e.g. what data it saw) is stored for `xkd-eval` / the node
-    to report, `extra` (plain data, e.g. the fine-tune guard's report) as well. The weights are
-    checked to fit the config before anything is written."""
+    to report, `extra` (plain data, e.g. the fine-tune guard's report) as well. `lidar_only` also
+    drops the camera modules (`CAMERA_MODULES`: the camera branch is most of a small model's size)
+    and marks the model camera-less: the LiDAR branch predicts exactly as before, fusion is gone.
+    The weights are checked to fit the config before anything is written."""
     ckpt = load_checkpoint(src)
     model_from_loaded(ckpt, src)
     out = {k: ckpt[k] for k in (*_RESERVED, *EXPORT_KEYS) if k in ckpt}
+    if lidar_only:
+        out["model"] = {k: v for k, v in ckpt["model"].items() if k.split(".", 1)[0] not in CAMERA_MODULES}
+        out["config"] = {**ckpt["config"], "model": {**ckpt["config"]["model"], "use_camera": False}}
+        model_from_loaded(out, dst)  # the LiDAR branch alone must load strictly
     if description:
         out["description"] = description
     clash = sorted(set(extra or {}) & set(_RESERVED))

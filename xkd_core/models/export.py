@@ -1,6 +1,6 @@
 """`xkd-export`: a training checkpoint -> a deployment checkpoint for the node (training state dropped).
 
-    xkd-export --checkpoint runs/xmodel_kd/last.pt --out model.pt --description "trained on ..."
+    xkd-export --checkpoint runs/xmodel_kd/last.pt --out model.pt --description "..." [--lidar-only]
     xkd-export --checkpoint runs/fleet/finetune/last.pt --out model.pt \\
         [--heldout data/source --heldout-sequences 01] [--force]
 
@@ -35,6 +35,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="training checkpoint (last.pt / best.pt)")
     p.add_argument("--out", required=True, help="deployment checkpoint to write")
     p.add_argument("--description", default="", help="what the model is and what it was trained on")
+    p.add_argument("--lidar-only", action="store_true",
+                   help="drop the camera branch (a vehicle without cameras, or a smaller file): the LiDAR "
+                        "branch predicts the same, fusion is no longer possible")
     g = p.add_argument_group("guard (fine-tunes; docs/fleet_loop.md)")
     g.add_argument("--deployed", default=None,
                    help="the model the fine-tune must not be worse than (default: its init_checkpoint)")
@@ -128,7 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"xkd-export: WARNING: exporting a fine-tune the guard did not pass ({why}): --force")
     try:
         out = export_checkpoint(args.checkpoint, args.out, args.description,
-                                extra=None if report is None else {"guard": report})
+                                extra=None if report is None else {"guard": report},
+                                lidar_only=args.lidar_only)
     except (FileNotFoundError, CheckpointError) as exc:
         print(f"xkd-export: {exc}", file=sys.stderr)
         return 2
