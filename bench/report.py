@@ -23,14 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import REPO, RESULTS, STAGES
-from experiments.kd_vs_baseline import fmt, paired_vs_baseline
 
 DOCS = (REPO / "README.md", REPO / "docs" / "results.md", REPO / "docs" / "performance.md",
         REPO / "docs" / "training.md")
 #: Scans of SemanticKITTI's official train split (sequences 00-07, 09, 10).
 SEMANTICKITTI_TRAIN_SCANS = 19_130
-#: The experiment results docs/results.md and the README present as the current state (section_camera_gain).
-CAMERA_GAIN = "camera_gain.json"
 #: SPEC section 6.
 TARGET_GPU_INFERENCE_MS = 15.0
 TARGET_NODE_P99_MS = 50.0
@@ -334,87 +331,6 @@ def _repo_path(name: str) -> Path:
     return path if path.is_absolute() else REPO / path
 
 
-def _labels(fraction: float) -> str:
-    return "dense labels" if fraction >= 1 else f"{100 * fraction:g} % labels"
-
-
-def _gain_rows(results: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
-    """The camera-gain manifest and the cells of each of its rows: the LiDAR-only baseline against one
-    xModel-KD method of the experiment runner's results (`experiments/kd_vs_baseline.py --out`, one
-    file per val sequence), paired by seed; each cell is 'sequence 01 / sequence 02'."""
-    manifest = _load(results, CAMERA_GAIN)
-    if manifest is None:
-        return None, []
-    rows = []
-    for entry in manifest["rows"]:
-        per_seq: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
-        first: dict[str, Any] = {}
-        for name in entry["files"]:
-            data = json.loads(_repo_path(name).read_text())
-            if len(data["worlds"]) != 1:
-                raise ValueError(f"{name}: one world per results file expected: {sorted(data['worlds'])}")
-            world = next(iter(data["worlds"].values()))
-            if entry["method"] not in world["methods"]:
-                raise ValueError(f"{name} has no method {entry['method']!r}: {sorted(world['methods'])}")
-            first = first or {"data": data, "world": world}
-            if data["seeds"] != first["data"]["seeds"]:
-                raise ValueError(f"{name}: seeds {data['seeds']} differ from {first['data']['seeds']}")
-            per_seq[data.get("val_sequence", "01")] = (world["methods"]["baseline_lidar"]["rows"],
-                                                       world["methods"][entry["method"]]["rows"])
-        cells: dict[str, list[str]] = {k: [] for k in ("base", "kd", "full", "ahead", "frustum", "fused")}
-        for seq in ("01", "02"):
-            if seq not in per_seq:
-                for v in cells.values():
-                    v.append("-")
-                continue
-            base, kd = per_seq[seq]
-            diffs = [a - b for a, b in zip(kd["3d_full"]["miou"]["values"], base["3d_full"]["miou"]["values"],
-                                           strict=True)]
-            cells["base"].append(fmt(base["3d_full"]["miou"]))
-            cells["kd"].append(fmt(kd["3d_full"]["miou"]))
-            cells["full"].append(paired_vs_baseline(kd["3d_full"], base["3d_full"]))
-            cells["ahead"].append(str(sum(d > 0 for d in diffs)))
-            cells["frustum"].append(paired_vs_baseline(kd["3d_frustum"], base["3d_frustum"]))
-            cells["fused"].append(paired_vs_baseline(kd["fused_frustum"], base["3d_frustum"])
-                                  if "fused_frustum" in kd else "-")
-        world = first["world"]
-        setting = (f"{_labels(world['label_fraction'])}, {first['data']['steps']} steps, LiDAR cue "
-                   f"{world['appearance_intensity_gap']:.2f}; {entry['camera']}")
-        rows.append({"setting": setting, "recipe": entry["recipe"], "seeds": len(first["data"]["seeds"]),
-                     "date": entry["date"], "files": entry["files"], "summary": entry.get("summary", False),
-                     **{k: " / ".join(v) for k, v in cells.items()}})
-    return manifest, rows
-
-
-def section_camera_gain(results: Path) -> str:
-    """docs/results.md: every setting of the manifest, both methods' means and spread, the paired gains."""
-    manifest, rows = _gain_rows(results)
-    if manifest is None:
-        return f"_No `{CAMERA_GAIN}` in bench/results._"
-    header = ["setting", "xModel-KD recipe", "seeds", "baseline, full scan", "xModel-KD, full scan",
-              "gain, full scan", "seeds ahead", "gain, camera frustum", "fused head vs baseline, frustum",
-              "measured"]
-    table = _table(header, [[r["setting"], r["recipe"], r["seeds"], r["base"], r["kd"], f"**{r['full']}**",
-                             r["ahead"], r["frustum"], r["fused"], r["date"]] for r in rows])
-    files = "; ".join(" + ".join(f"`{Path(f).name}`" for f in r["files"]) for r in rows)
-    return (f"{manifest['what']} Measured on {manifest['machine']}.\n\n{table}\n\n"
-            f"Results files in row order (`research/results/`): {files}.")
-
-
-def section_camera_gain_summary(results: Path) -> str:
-    """README: the rows of the manifest marked `summary`, gains only."""
-    manifest, rows = _gain_rows(results)
-    if manifest is None:
-        return f"_No `{CAMERA_GAIN}` in bench/results._"
-    header = ["setting", "xModel-KD recipe", "seeds", "gain, full scan", "gain, camera frustum", "measured"]
-    cells = [[r["setting"], r["recipe"], r["seeds"], f"**{r['full']}**", r["frustum"], r["date"]]
-             for r in rows if r["summary"]]
-    table = _table(header, cells)
-    return (f"mIoU gain of the LiDAR branch alone over the LiDAR-only baseline, paired by seed (± standard "
-            f"error), val sequences 01 / 02; {manifest['machine']}. Every setting, with spreads: "
-            f"docs/results.md.\n\n{table}")
-
-
 XMODEL_KD = "xmodel_kd.json"
 
 
@@ -580,7 +496,6 @@ def section_dds(results: Path) -> str:
 SECTIONS: dict[str, Callable[[Path], str]] = {
     "run": section_run, "stages": section_stages, "pointcloud": section_pointcloud, "node": section_node,
     "train": section_train, "targets": section_targets, "ab": section_ab, "transport": section_transport,
-    "camera_gain": section_camera_gain, "camera_gain_summary": section_camera_gain_summary,
     "demo": section_demo, "gpu": section_gpu, "dds": section_dds,
     "train_semantickitti": section_train_semantickitti, "xmodel_kd": section_xmodel_kd,
     "xmodel_kd_summary": section_xmodel_kd_summary,

@@ -5,8 +5,6 @@ Nothing here is timed: these check that the tools run and that the doc tables sa
 
 from __future__ import annotations
 
-import argparse
-import itertools
 import json
 import statistics
 import sys
@@ -21,7 +19,7 @@ if str(REPO) not in sys.path:  # `bench` is a folder of the repository, not an i
 
 from bench import bench_stages, record_demo, report  # noqa: E402
 from bench.common import resize_cloud  # noqa: E402
-from experiments import kd_vs_baseline  # noqa: E402
+from experiments import xmodel_kd_stages  # noqa: E402
 
 DOC = """# Performance
 
@@ -135,51 +133,38 @@ def test_report_refuses_an_unknown_marker(tmp_path):
         report.main(["--results", str(tmp_path), "--doc", str(doc)])
 
 
-def _runner_results(tmp_path: Path, val_sequence: str, base: list[float], kd: list[float]) -> Path:
-    """A results file as `experiments/kd_vs_baseline.py` writes it, from hand-made run folders."""
-    args = argparse.Namespace(worlds=[("w", 0.10, 0.5)], label_fractions=[0.02], seeds=[0, 1, 2], steps=600,
-                              scans=5, runs=tmp_path / "runs", data=tmp_path / "data",
-                              variants=[kd_vs_baseline.parse_variant("kdall:model.kd_average=all")],
-                              methods=["baseline_lidar", "xmodel_kd+kdall"], val_sequence=val_sequence)
-    for (key, *_), method in itertools.product(kd_vs_baseline.settings(args), args.methods):
-        for s in args.seeds:
-            rd = kd_vs_baseline.run_dir(args, key, method, s)
-            miou = base[s] if method == "baseline_lidar" else kd[s]
-            for sub, fused in kd_vs_baseline.eval_dirs(method, val_sequence).items():
-                (rd / sub).mkdir(parents=True)
-                part = {"per_class_iou": {c: 0.5 for c in kd_vs_baseline.FOCUS}}
-                frustum = 0.6 if fused else miou - 0.01
-                (rd / sub / "metrics.json").write_text(json.dumps({"full": {"miou": miou, **part},
-                                                                   "frustum": {"miou": frustum, **part}}))
-            (rd / "log.jsonl").write_text(json.dumps({"perf/s_per_step": 0.5}) + "\n")
-    out = tmp_path / f"gain_seq{val_sequence}.json"
-    out.write_text(json.dumps(kd_vs_baseline.collect(args)))
-    return out
+def _stage_table(base: list[float], kd: list[float]) -> dict:
+    """One val world of an `experiments/xmodel_kd_stages.py` results file, paired by its own `versus`."""
+    rows = {m: {"seeds": [0, 1, 2], "full": v, "frustum": v, "s_per_step": sps,
+                "iou": [{"parking": x + (8.0 if m == "kd" else 0.0), "road": 80.0} for x in v]}
+            for m, v, sps in (("baseline", base, 0.4), ("kd", kd, 0.6))}
+    rows["kd"]["vs_baseline"] = xmodel_kd_stages.versus(rows["kd"], rows["baseline"])
+    return rows
 
 
-def test_camera_gain_table_pairs_the_runners_results_by_seed(tmp_path):
-    seq01 = _runner_results(tmp_path / "a", "01", [0.30, 0.32, 0.34], [0.31, 0.35, 0.34])  # +1, +3, 0
-    seq02 = _runner_results(tmp_path / "b", "02", [0.30, 0.32, 0.34], [0.29, 0.31, 0.33])  # -1 on each seed
-    row = {"files": [str(seq01), str(seq02)], "method": "xmodel_kd+kdall", "camera": "wide camera",
-           "recipe": "the preset's KL", "date": "2026-12-01", "summary": True}
-    manifest = {"what": "Baseline against xModel-KD.", "machine": "a test machine",
-                "rows": [row, dict(row, files=[str(seq01)], summary=False)]}
-    (tmp_path / report.CAMERA_GAIN).write_text(json.dumps(manifest))
-    table = report.section_camera_gain(tmp_path)
-    se = statistics.stdev([1.0, 3.0, 0.0]) / 3 ** 0.5
-    first, second = (line for line in table.splitlines() if line.startswith("| 2 % labels"))
-    assert first.startswith("| 2 % labels, 600 steps, LiDAR cue 0.10; wide camera | the preset's KL | 3 |")
-    assert "| 32.0 ± 2.0 / 32.0 ± 2.0 | 33.3 ± 2.1 / 31.0 ± 2.0 |" in first  # means ± sd over the seeds
-    assert f"| **+1.3 ± {se:.1f} / -1.0 ± 0.0** | 2 / 0 |" in first  # paired by seed, seeds ahead
-    assert first.endswith("| +29.0 ± 1.2 / +29.0 ± 1.2 | 2026-12-01 |")  # fused 60 against frustum 29, 31, 33
-    assert f"| **+1.3 ± {se:.1f} / -** | 2 / - |" in second  # a setting measured on sequence 01 only
-    assert "Measured on a test machine." in table and "`gain_seq01.json` + `gain_seq02.json`" in table
-    summary = report.section_camera_gain_summary(tmp_path)
-    assert summary.count("| 2 % labels") == 1 and f"**+1.3 ± {se:.1f} / -1.0 ± 0.0**" in summary
-    wrong = dict(manifest, rows=[dict(row, method="xmodel_kd")])
-    (tmp_path / report.CAMERA_GAIN).write_text(json.dumps(wrong))
-    with pytest.raises(ValueError, match="no method 'xmodel_kd'"):
-        report.section_camera_gain(tmp_path)
+def test_xmodel_kd_table_and_machine_lines_come_from_the_stage_runners_results(tmp_path):
+    results = {"steps": 2400, "teacher": {"step": 2000, "pixel_miou": 59.7, "points": {"01": {"miou": 63.0}}},
+               "regimes": {"labels0.01": {"01": _stage_table([30.0, 32.0, 34.0], [33.0, 31.0, 38.0]),
+                                          "02": _stage_table([40.0, 40.0, 40.0], [45.0, 46.0, 47.0])},
+                           "dense": {"01": _stage_table([60.0, 60.0, 60.0], [60.0, 61.0, 59.0])}}}
+    path = tmp_path / "stages.json"
+    path.write_text(json.dumps(results))
+    manifest = {"what": "Baseline against xModel-KD.", "machine": "a test machine", "date": "2026-12-04",
+                "files": [str(path), str(tmp_path / "not_yet.json")]}  # a file not written yet is skipped
+    (tmp_path / report.XMODEL_KD).write_text(json.dumps(manifest))
+    text = report.section_xmodel_kd(tmp_path)
+    # pooled over both val worlds and the seeds: baseline 36.0, kd 40.0; dense: 60.0 / 60.0
+    assert "<!-- kd labels=0.01 baseline=36.0 xmodel_kd=40.0 seeds=3 -->" in text
+    assert "<!-- kd labels=1 baseline=60.0 xmodel_kd=60.0 seeds=3 -->" in text
+    se = statistics.stdev([3.0, -1.0, 4.0]) / 3 ** 0.5
+    row = next(line for line in text.splitlines() if line.startswith("| 1 % of points labeled"))
+    assert f"| **+2.0 ± {se:.1f}** (01) / **+6.0 ± 0.6** (02) | 2/3 / 3/3 |" in row
+    assert "| parking +12.0 |" in row and row.endswith("| 0.40 / 0.60 |")
+    assert "pixel mIoU 59.7 on held-out rendered images (step 2000)" in text and "63.0 (01)" in text
+    summary = report.section_xmodel_kd_summary(tmp_path)
+    assert f"| 1 % of points labeled | 3 | 36.0 | 40.0 | **+2.0 ± {se:.1f}** / **+6.0 ± 0.6** |" in summary
+    assert "| dense labels | 3 | 60.0 | 60.0 | **+0.0 ± 0.6** |" in summary
+    assert "No measured rows yet" in report.section_xmodel_kd(tmp_path / "nowhere")
 
 
 def test_demo_figures_come_from_the_demo_report(tmp_path):
@@ -240,8 +225,8 @@ def test_dds_sentence_compares_the_profiles_on_the_full_size_cloud(tmp_path):
 def test_the_docs_figures_are_the_results_files():
     """`make test` fails when a figure in README.md, docs/results.md or docs/performance.md is not what
     its results file renders (fix: python -m bench.report)."""
-    for doc, names in ((report.DOCS[0], ("demo", "gpu", "camera_gain_summary")),
-                       (report.DOCS[1], ("camera_gain", "demo")), (report.DOCS[2], ("targets", "stages"))):
+    for doc, names in ((report.DOCS[0], ("demo", "gpu", "xmodel_kd_summary")),
+                       (report.DOCS[1], ("xmodel_kd", "demo")), (report.DOCS[2], ("targets", "stages"))):
         text = doc.read_text()
         assert all(f"<!-- figures:{n} -->" in text for n in names), doc
     assert report.main(["--check"]) == 0
