@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
 from xkd_core.config import from_dict
@@ -49,3 +52,21 @@ def tiny_config(**overrides) -> ModelConfig:
     )
     base.update(overrides)
     return from_dict(ModelConfig, migrate_model_dict(base))
+
+
+#: A real checkpoint of the flat model-config layout (the model shipped until 2026-12-04), weights removed.
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+FLAT_LAYOUT_CHECKPOINT = FIXTURES / "checkpoint_flat_layout_2026-12-02.json"
+
+
+def flat_layout_checkpoint(path: Path) -> Path:
+    """That checkpoint at `path`, exactly as its trainer wrote it but for random weights of its shapes."""
+    import torch
+
+    from xkd_core.models.xmodel_kd import XModelKD
+
+    stored = json.loads(FLAT_LAYOUT_CHECKPOINT.read_text())
+    stored.pop("_what")
+    model = XModelKD(from_dict(ModelConfig, migrate_model_dict(stored["config"]["model"])))
+    torch.save({**stored, "model": model.state_dict()}, path)
+    return path

@@ -151,27 +151,46 @@ def test_bad_checkpoints_give_errors_naming_the_file(tmp_path):
         Segmenter.from_checkpoint(tmp_path / "removed.pt")
 
 
-def test_the_shipped_model_in_the_flat_config_layout_loads_and_segments(tmp_path):
-    """`xkd_synth_small.pt` predates the config sections: its flat model config is migrated, and it
-    labels most points of a synthetic world it never saw (16 beams, another seed) right."""
+def test_a_checkpoint_in_the_flat_config_layout_loads_and_segments(tmp_path):
+    """Checkpoints written before `ModelConfig` had sections (the model shipped until 2026-12-04) are
+    migrated: the config reads as it was trained, the weights load, both heads segment."""
+    from model_fixtures import flat_layout_checkpoint
+    from train_fixtures import write_synth
+
+    from xkd_core.data.dataset import SemanticKittiDataset
+
+    old = flat_layout_checkpoint(tmp_path / "old.pt")
+    assert "voxel_size" in load_checkpoint(old)["config"]["model"]  # the flat layout
+    seg = Segmenter.from_checkpoint(old, fuse=True)
+    assert seg.cfg.architecture.voxel_size == 0.1 and seg.cfg.distillation.kd_average == "all"
+    assert seg.cfg.losses.fused_detach_3d is True and seg.cfg.architecture.image_pretrained == "none"
+    frame = SemanticKittiDataset(write_synth(tmp_path, "00", scans=1), split="train", sequences=["00"],
+                                 cameras=(2,))[0]
+    plain, fused = seg.segment(frame.points, None), seg.segment(frame.points, frame.views)
+    assert plain.labels.shape == fused.labels.shape == (len(frame.points),)
+    assert not np.array_equal(plain.labels, fused.labels)  # the camera changed some labels in view
+
+
+def test_the_shipped_models_label_a_world_they_never_saw(tmp_path):
+    """The shipped xModel-KD student and its baseline (LiDAR only, exported without the camera branch)
+    label most points of a synthetic world of another seed, LiDAR and camera rig right; asked to fuse,
+    they run the LiDAR branch (the node warns: test_pipeline)."""
     from pathlib import Path
 
     from train_fixtures import write_synth
 
     from xkd_core.data.dataset import SemanticKittiDataset
 
-    shipped = Path(__file__).resolve().parents[1] / "xkd_core" / "assets" / "xkd_synth_small.pt"
-    assert "voxel_size" in load_checkpoint(shipped)["config"]["model"]  # the flat layout
-    seg = Segmenter.from_checkpoint(shipped, fuse=True)
-    assert seg.cfg.architecture.voxel_size == 0.1 and seg.cfg.distillation.kd_average == "all"
-    assert seg.cfg.losses.fused_detach_3d is True and seg.cfg.architecture.image_pretrained == "none"
+    assets = Path(__file__).resolve().parents[1] / "xkd_core" / "assets"
     frame = SemanticKittiDataset(write_synth(tmp_path, "00", scans=1), split="train", sequences=["00"],
                                  cameras=(2,))[0]
     labeled = frame.labels != 0
-    plain, fused = seg.segment(frame.points, None), seg.segment(frame.points, frame.views)
-    for res in (plain, fused):
-        assert (res.labels[labeled] == frame.labels[labeled]).mean() > 0.55
-    assert not np.array_equal(plain.labels, fused.labels)  # the camera changed some labels in view
+    for name in ("xkd_synth_small.pt", "baseline_synth_small.pt"):
+        seg = Segmenter.from_checkpoint(assets / name)
+        assert not seg.cfg.use_camera and seg.input_convention.intensity_max == 1.0
+        assert Segmenter.from_checkpoint(assets / name, fuse=True).fuse is False
+        res = seg.segment(frame.points, None)
+        assert (res.labels[labeled] == frame.labels[labeled]).mean() > 0.55, name
 
 
 def test_cuda_requested_without_cuda_is_refused():

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from driver_clouds import LAYOUTS, driver_cloud, reference_scene
-from model_fixtures import tiny_config
+from model_fixtures import flat_layout_checkpoint, tiny_config
 
 from xkd_core.inference import Segmenter
 from xkd_core.models.checkpoint import (
@@ -255,8 +255,11 @@ def test_parameters_are_checked():
 # The checkpoint's input convention
 
 
-def test_old_checkpoints_read_the_legacy_convention():
-    assert input_convention_from_checkpoint(load_checkpoint(SHIPPED_CHECKPOINT)) == LEGACY_INPUT_CONVENTION
+def test_old_checkpoints_read_the_legacy_convention(tmp_path):
+    old = flat_layout_checkpoint(tmp_path / "old.pt")  # written before the convention was recorded
+    assert input_convention_from_checkpoint(load_checkpoint(old)) == LEGACY_INPUT_CONVENTION
+    shipped = input_convention_from_checkpoint(load_checkpoint(SHIPPED_CHECKPOINT))
+    assert shipped != LEGACY_INPUT_CONVENTION and shipped.intensity_max == 1.0  # recorded by its trainer
     assert (LEGACY_INPUT_CONVENTION.intensity_max, LEGACY_INPUT_CONVENTION.intensity_fill) == (1.0, 0.0)
 
 
@@ -315,7 +318,7 @@ def agreement(segmenter: Segmenter, cloud, points: np.ndarray, reference_labels:
     ("reference", "intensity", {"organised": True, "row_pad": 4}),
 ])
 def test_every_driver_layout_gets_the_reference_labels(segmenter, reference_labels, layout, field, options):
-    assert segmenter.input_convention == LEGACY_INPUT_CONVENTION
+    assert segmenter.input_convention.intensity_max == 1.0  # a 0..1 model: every layout must be rescaled
     cloud = driver_cloud(layout, **options)
     norm = IntensityNormalizer(field, "auto", convention=segmenter.input_convention)
     points, _ = norm.normalize_cloud(cloud.rosbags())

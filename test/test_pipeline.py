@@ -262,3 +262,15 @@ def test_after_a_bag_loop_the_first_cloud_still_gets_the_image_that_came_before_
     out = pipe.process(pipe.on_cloud(cloud(T0, scan())))  # ... then its first cloud
     assert pipe.stats.get("stamp.time_jump") == 1
     assert len(out.views) == 1 and out.views[0].image[0, 0, 0] == 99
+
+
+def test_fusion_asked_of_a_model_without_a_camera_branch_is_a_warning_not_a_failure() -> None:
+    """The shipped model is exported LiDAR-only: `fuse_camera: true` must say so and run the LiDAR branch."""
+    from xkd_ros.pipeline import load_segmenter
+
+    logged: list[tuple[int, str]] = []
+    segmenter, name = load_segmenter(config(fuse_camera=True), "cpu",
+                                     lambda level, text: logged.append((level, text)))
+    assert name == "xkd_synth_small.pt" and segmenter.fuse is False
+    warning = "fuse_camera is true but xkd_synth_small.pt has no camera branch: LiDAR branch only"
+    assert (WARN, warning) in logged

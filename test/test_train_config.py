@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -227,11 +228,11 @@ def test_overrides_reach_the_sections_in_either_spelling() -> None:
 
 
 def test_a_run_embedded_in_an_old_checkpoint_still_resumes_its_config() -> None:
-    """The shipped model's checkpoint holds the flat layout: its training config loads, overrides apply."""
-    import torch
+    """A checkpoint of the flat layout (the model shipped until 2026-12-04): its training config loads,
+    overrides apply."""
+    from model_fixtures import FLAT_LAYOUT_CHECKPOINT
 
-    shipped = Path(__file__).resolve().parents[1] / "xkd_core" / "assets" / "xkd_synth_small.pt"
-    stored = torch.load(shipped, map_location="cpu", weights_only=True)["train_config"]
+    stored = json.loads(FLAT_LAYOUT_CHECKPOINT.read_text())["train_config"]
     assert "voxel_size" in stored["model"] and "architecture" not in stored["model"]
     cfg = train_config_from_dict(stored, ["model.wkd=0.5", "optim.steps=10"])
     assert cfg.model.distillation.wkd == 0.5 and cfg.optim.steps == 10

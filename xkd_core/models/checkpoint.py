@@ -15,8 +15,8 @@ sees a torn file even if training is killed mid-write. Loading uses `weights_onl
 must hold only tensors and plain Python data.
 
 `input_convention` says what intensity the model was trained on, so the node can bring any driver's
-intensity to it (`xkd_ros.intensity`). Checkpoints written before it existed (the shipped
-`xkd_synth_small.pt` among them) lack it and read as `LEGACY_INPUT_CONVENTION`: every xkd model so
+intensity to it (`xkd_ros.intensity`). Checkpoints written before it existed (the model
+shipped until 2026-12-04 among them) lack it and read as `LEGACY_INPUT_CONVENTION`: every xkd model so
 far was trained on SemanticKITTI-format scans, whose intensity is 0..1 reflectance.
 """
 
