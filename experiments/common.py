@@ -8,6 +8,7 @@ import os
 import statistics
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,3 +44,14 @@ def write_report(res: dict, out: Path, markdown: str) -> None:
     out.write_text(json.dumps(res, indent=1) + "\n")
     print(markdown)
     print(f"wrote {out}")
+
+
+def run_stages(args, stages: dict[str, Callable], collect: Callable, markdown: Callable[[dict], str]) -> None:
+    """Run `args.stages` in order: a named stage runs its function, `report` collects the results and
+    writes them to `args.out` (JSON) and stdout (tables)."""
+    for name in args.stages:
+        if name in stages:
+            stages[name](args)
+            continue
+        res = collect(args)
+        write_report(res, args.out, markdown(res))

@@ -52,7 +52,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from experiments.common import BIN, REPO, paired, run, write_report
+from experiments.common import BIN, REPO, paired, run, run_stages
 from experiments.xmodel_kd_stages import (  # world A and the teacher's world are the stages' own
     finished_step,
     percent,
@@ -500,12 +500,7 @@ def main(argv: list[str] | None = None) -> None:
     stages = {"synth": stage_synth, "teacher": stage_teacher, "deploy": stage_deploy, "bag": stage_bag,
               "drive": stage_drive, "finetune": stage_finetune, "export": stage_export, "eval": stage_eval,
               "redeploy": stage_redeploy}
-    for name in args.stages:
-        if name in stages:
-            stages[name](args)
-            continue
-        res = collect(args)
-        write_report(res, args.out, markdown(res))
+    run_stages(args, stages, collect, markdown)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.common import BIN, paired, run, write_report
+from experiments.common import BIN, paired, run, run_stages
 
 CONFIGS = Path("config/train")
 PRESET = "synth_surround"
@@ -486,12 +486,7 @@ def main(argv: list[str] | None = None) -> None:
     args.stages = STAGES if "all" in args.stage else tuple(s for s in STAGES if s in args.stage)
     stages = {"synth": stage_synth, "teacher": stage_teacher, "pretrain": stage_pretrain,
               "train": stage_train, "eval": stage_eval}
-    for name in args.stages:
-        if name in stages:
-            stages[name](args)
-            continue
-        res = collect(args)
-        write_report(res, args.out, markdown(res))
+    run_stages(args, stages, collect, markdown)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,20 @@ BASELINE = {0: 0.0, 1: -0.5, 2: 0.5, 3: -0.25}  # x offset of camera i from came
 RAW_IDS = np.array([0, 1, 10, 11, 40, 44, 48, 50, 70, 72, 80, 81, 99, 252, 254, 259], dtype=np.uint32)
 
 
+def kitti_seq00_calib() -> Calib:
+    """P2 and Tr of sequence 00 of the KITTI odometry benchmark, as its calib.txt prints them (7 digits, so
+    R is orthonormal to ~2e-7 only): numbers we did not make up."""
+    return Calib(
+        P={2: np.array([[7.188560e02, 0, 6.071928e02, 4.538225e01],
+                        [0, 7.188560e02, 1.852157e02, -1.130887e-01],
+                        [0, 0, 1, 3.779761e-03]])},
+        Tr=np.vstack([np.array([[4.276802e-04, -9.999672e-01, -8.084491e-03, -1.198459e-02],
+                                [-7.210626e-03, 8.081198e-03, -9.999413e-01, -5.403984e-02],
+                                [9.999738e-01, 4.859485e-04, -7.206933e-03, -2.921968e-01]]),
+                      [0, 0, 0, 1]]),
+    )
+
+
 def tiny_calib(cameras: tuple[int, ...] = (0, 1, 2, 3)) -> Calib:
     """The fixture calibration (see the module docstring)."""
     P = {}

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from kitti_fixtures import HW, TR, K, tiny_calib, write_tiny_sequence
+from kitti_fixtures import HW, TR, K, kitti_seq00_calib, tiny_calib, write_tiny_sequence
 
 from xkd_core.classes import LEARNING_MAP, LEARNING_MAP_INV, NUM_CLASSES, to_learning, to_raw
 from xkd_core.data.semantickitti import (
     IMAGE_DIRS,
     SPLITS,
-    Calib,
     DataFormatError,
     frame_ids,
     read_calib,
@@ -137,15 +136,7 @@ def test_calib_hand_computed_pixel():
 
 def test_calib_real_kitti_numbers_compose():
     # Sequence 00 calibration of the KITTI odometry benchmark (P2 and Tr).
-    calib = Calib(
-        P={2: np.array([[7.188560e02, 0, 6.071928e02, 4.538225e01],
-                        [0, 7.188560e02, 1.852157e02, -1.130887e-01],
-                        [0, 0, 1, 3.779761e-03]])},
-        Tr=np.vstack([np.array([[4.276802e-04, -9.999672e-01, -8.084491e-03, -1.198459e-02],
-                                [-7.210626e-03, 8.081198e-03, -9.999413e-01, -5.403984e-02],
-                                [9.999738e-01, 4.859485e-04, -7.206933e-03, -2.921968e-01]]),
-                      [0, 0, 0, 1]]),
-    )
+    calib = kitti_seq00_calib()
     Kc, Tc = calib.camera(2)
     np.testing.assert_allclose(Kc @ Tc[:3], calib.P[2] @ calib.Tr, atol=1e-9)
     assert Kc[2].tolist() == [0.0, 0.0, 1.0]

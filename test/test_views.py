@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import yaml
-from kitti_fixtures import HW, write_tiny_sequence
+from kitti_fixtures import HW, kitti_seq00_calib, write_tiny_sequence
 
 from xkd_core.config import ConfigError, from_dict
 from xkd_core.data.dataset import SemanticKittiDataset
@@ -163,15 +163,7 @@ def test_missing_file_and_writer_refusals(tmp_path):
 
 def test_kitti_views_from_real_calibration_numbers():
     # KITTI odometry sequence 00, P2 and Tr (printed to 7 digits, so R is orthonormal to ~2e-7 only).
-    calib = Calib(
-        P={2: np.array([[7.188560e02, 0, 6.071928e02, 4.538225e01],
-                        [0, 7.188560e02, 1.852157e02, -1.130887e-01],
-                        [0, 0, 1, 3.779761e-03]])},
-        Tr=np.vstack([np.array([[4.276802e-04, -9.999672e-01, -8.084491e-03, -1.198459e-02],
-                                [-7.210626e-03, 8.081198e-03, -9.999413e-01, -5.403984e-02],
-                                [9.999738e-01, 4.859485e-04, -7.206933e-03, -2.921968e-01]]),
-                      [0, 0, 0, 1]]),
-    )
+    calib = kitti_seq00_calib()
     view = kitti_view(calib, 2)
     assert view.name == view.image_dir == "image_2" and view.hw is None and view.class_dir is None
     np.testing.assert_allclose(view.K @ view.T[:3], calib.P[2] @ calib.Tr, atol=1e-9)
