@@ -19,12 +19,11 @@ import yaml
 from node_fixtures import tiny_checkpoint
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
+from train_fixtures import write_surround
 
 from xkd_core.classes import CLASS_NAMES, to_learning
-from xkd_core.config import from_dict
 from xkd_core.data.semantickitti import frame_ids, read_image, read_labels, read_points, sequence_dir
 from xkd_core.data.views import VIEWS_FILE, read_views
-from xkd_core.synth import SynthConfig, generate
 from xkd_ros import bag_io
 from xkd_ros.bag_eval import main as bag_eval_main
 from xkd_ros.kitti2bag import main as kitti2bag_main
@@ -68,11 +67,8 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """xkd-synth's six-camera surround rig, as `xkd-synth --rig surround` writes it."""
-    root = tmp_path_factory.mktemp("surround")
-    cfg = from_dict(SynthConfig, {"lidar": {"beams": 16, "columns": 256},
-                                  "camera": {"rig": "surround", "image_width": 64, "image_height": 36}})
-    generate(root, ["00"], SCANS, seed=3, config=cfg, progress=False)
-    return root
+    return write_surround(tmp_path_factory.mktemp("surround"), ["00"], SCANS, seed=3, beams=16, columns=256,
+                          image_wh=(64, 36))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from train_fixtures import write_surround
 
 from xkd_core.classes import IGNORE_INDEX, to_learning
 from xkd_core.config import ConfigError, from_dict
@@ -44,11 +45,8 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("surround")
-    cfg = from_dict(SynthConfig, {"lidar": {"beams": 32, "columns": 512},
-                                  "camera": {"rig": "surround", "image_width": 128, "image_height": 72}})
-    generate(out, ["00", "01"], 2, seed=5, config=cfg, progress=False)
-    return out
+    return write_surround(tmp_path_factory.mktemp("surround"), ["00", "01"], 2, seed=5, beams=32, columns=512,
+                          image_wh=(128, 72))
 
 
 def stage_cfg(config: str, root: Path, out: Path, *overrides: str):

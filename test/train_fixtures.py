@@ -23,6 +23,15 @@ def write_synth(root: Path, sequence: str, scans: int, seed: int = 0) -> Path:
     return root
 
 
+def write_surround(root: Path, sequences: list[str], scans: int, seed: int, beams: int, columns: int,
+                   image_wh: tuple[int, int]) -> Path:
+    """A small world of the six-camera surround rig, as `xkd-synth --rig surround` writes it."""
+    cfg = SynthConfig(lidar=LidarConfig(beams=beams, columns=columns),
+                      camera=CameraConfig(rig="surround", image_width=image_wh[0], image_height=image_wh[1]))
+    generate(root, sequences, scans, seed, cfg, progress=False)
+    return root
+
+
 def ddp_worker(rank: int, world_size: int, port: int, cfg_dict: dict, out: str) -> None:
     """One rank of a CPU/gloo DDP run (spawned by the DDP test): train, then save init and final weights."""
     import os
