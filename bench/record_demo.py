@@ -48,12 +48,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--report", type=Path, default=Path("demo_out/eval/report.json"))
     p.add_argument("--out", type=Path, default=RESULTS / "demo.json")
+    p.add_argument("--note", default="", help="printed beside the figures, e.g. what else loaded the machine")
     args = p.parse_args(argv)
     if not args.report.is_file():
         p.error(f"--report: no file {args.report} (run `make demo` first)")
     date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(args.report.stat().st_mtime))
     record = demo_record(json.loads(args.report.read_text()), date)
     record["machine"] = machine_info(record["device"])  # the GPU's name too when the node ran on one
+    if args.note:
+        record["note"] = args.note
     write_json(args.out, record)
     demo_dir = args.report.parent.parent
     for src, dst in PICTURES.items():

@@ -186,6 +186,9 @@ def test_demo_figures_come_from_the_demo_report(tmp_path):
     with pytest.raises(ValueError, match="no 'demo' section"):  # an xkd-bag-eval report is not a demo's
         record_demo.demo_record({k: v for k, v in demo_report.items() if k != "demo"}, "today")
     assert "Not recorded" in report.section_demo(tmp_path / "nowhere")
+    assert record_demo.main(["--report", str(tmp_path / "report.json"), "--out", str(tmp_path / "demo.json"),
+                             "--note", "two trainings ran beside it"]) == 0
+    assert report.section_demo(tmp_path).endswith("p50 93 ms, p99 117 ms (two trainings ran beside it).")
 
 
 def test_gpu_sentence_takes_the_fastest_shipped_row_and_the_10hz_node_row(tmp_path):
