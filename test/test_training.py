@@ -178,7 +178,7 @@ def test_both_configs_take_a_step(config: str, scene_root: Path, tmp_path: Path)
     assert (tmp_path / "last.pt").is_file() and not (tmp_path / "best.pt").exists()
 
 
-def test_resume_is_bit_exact(scene_root: Path, tmp_path: Path) -> None:
+def test_resume_is_bit_exact(scene_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """6 steps straight == 3 steps, stop, `xkd-train --resume last.pt`, 3 more: identical weights.
 
     xModel-KD with augmentation, random pair subsampling (max_pairs < pairs), a warm-up + cosine
@@ -198,7 +198,10 @@ def test_resume_is_bit_exact(scene_root: Path, tmp_path: Path) -> None:
         f.write(json.dumps({"step": 4, "loss/total": 123.0}) + "\n")
 
     resume = ["--resume", str(tmp_path / "b" / "last.pt"), "--no-progress", "--set", "data.num_workers=1"]
-    assert main(resume) == 0
+    with caplog.at_level("INFO", logger="xkd.train"):
+        assert main(resume) == 0
+    done = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("done: step 6 / 6"))
+    assert f"best val mIoU {100 * res_a.best_miou:.2f} %" in done  # percent, as every tool prints it
     resumed = load_checkpoint(tmp_path / "b" / "last.pt")
     assert resumed["train_state"]["step"] == 6
     assert_same(weights(straight.model), resumed["model"])

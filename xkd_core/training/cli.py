@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutdown()
     if info.is_main:
-        best = "n/a" if result.best_miou is None else f"{result.best_miou:.4f}"
+        best = "n/a" if result.best_miou is None else f"{100 * result.best_miou:.2f} %"
         logging.getLogger("xkd.train").info(
             "done: step %d / %d, best val mIoU %s, checkpoints in %s", result.step, result.total_steps, best,
             result.out_dir)

@@ -445,7 +445,8 @@ class Trainer:
         rec.update({f"val_iou/{k}": v for k, v in summary["per_class_iou"].items() if v is not None})
         self._record(rec)
         if self.info.is_main:
-            log.info("step %d: val mIoU %s", self.step, "n/a" if miou is None else f"{miou:.4f}")
+            # printed in percent like every tool's report; log.jsonl / TensorBoard keep the fraction
+            log.info("step %d: val mIoU %s", self.step, "n/a" if miou is None else f"{100 * miou:.2f} %")
         if miou is not None and (self.best_miou is None or miou > self.best_miou):
             self.best_miou = miou
             self.save("best.pt", {"val": summary})
