@@ -28,6 +28,7 @@ from xkd_core.classes import IGNORE_INDEX
 from xkd_core.data.collate import collate, collate_views, prepare_sample, prepare_view_sample
 from xkd_core.data.dataset import SemanticKittiDataset, ViewImageDataset
 from xkd_core.data.frame import Frame
+from xkd_core.evaluation.agreement import evenly_spaced
 from xkd_core.geometry.projection import in_any_view, views_of
 from xkd_core.training.config import TrainConfig
 from xkd_core.training.distributed import DistInfo
@@ -43,11 +44,7 @@ UNLABELED_STREAM = 7451
 def labeled_scan_indices(num_scans: int, labeled_scans: int) -> np.ndarray:
     """The training scans that keep labels under `data.labeled_scans`: evenly spaced over the data set
     (first and last included), so they sample its variety and are the same for every seed and method."""
-    if labeled_scans >= num_scans:
-        return np.arange(num_scans, dtype=np.int64)
-    if labeled_scans <= 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.round(np.linspace(0, num_scans - 1, labeled_scans)).astype(np.int64)
+    return np.asarray(evenly_spaced(num_scans, labeled_scans), dtype=np.int64)
 
 
 def learns_from_unlabeled(cfg: TrainConfig) -> bool:
