@@ -53,22 +53,27 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from experiments.common import BIN, REPO, paired, run, run_stages
-from experiments.xmodel_kd_stages import (  # world A and the teacher's world are the stages' own
+from experiments.xmodel_kd_stages import (  # world A, the teacher's world and its training are the stages'
+    CONFIGS,
+    PRESET,
+    TEACHER_SEED,
+    TEACHER_TRAIN,
+    TEACHER_VAL,
+    common_sets,
     finished_step,
     percent,
     read_log,
     seconds_per_step,
     sequence_complete,
+    teacher_cmd,
+    teacher_dir,
     teacher_root,
     train,
     world_root,
 )
 
-CONFIGS = Path("config/train")
-PRESET = "synth_surround"
-#: Generator seeds and sequences of the worlds.
+#: Generator seeds and sequences of the worlds A and B.
 A_SEED, A_TRAIN, A_VAL = 0, "00", "01"
-TEACHER_SEED, TEACHER_TRAIN, TEACHER_VAL = 1, ("10", "11"), "12"
 B_SEED, B_DRIVE, B_HELDOUT = 2, "00", "01"
 #: xkd-export's exit status for a fine-tune its guard refused.
 REFUSED = 3
@@ -87,7 +92,7 @@ def bag_path(args: argparse.Namespace, sequence: str) -> Path:
 
 
 def teacher_ckpt(args: argparse.Namespace) -> Path:
-    return args.teacher if args.teacher is not None else args.runs / "camera_teacher" / "last.pt"
+    return args.teacher if args.teacher is not None else teacher_dir(args) / "last.pt"
 
 
 def seed_dir(args: argparse.Namespace, seed: int) -> Path:
@@ -188,20 +193,10 @@ def stage_synth(args: argparse.Namespace) -> None:
 # ----------------------------------------------------------------------------------- the deployed model
 
 
-def common_sets(args: argparse.Namespace, rd: Path, steps: int) -> list[str]:
-    return sets(f"optim.steps={steps}", f"ckpt_every={args.ckpt_every}", f"out_dir={rd}",
-                "data.num_workers=0", "val_every=0")
-
-
 def stage_teacher(args: argparse.Namespace) -> None:
     if args.deployed is not None or args.teacher is not None:
         return
-    rd = teacher_ckpt(args).parent
-    cmd = [str(BIN / "xkd-train"), "--config", str(CONFIGS / "camera_teacher.yaml"), "--preset", PRESET,
-           *sets(f"data.root={teacher_root(args)}", f"data.train_sequences=[{', '.join(TEACHER_TRAIN)}]",
-                 f"data.val_sequences=[{TEACHER_VAL}]"),
-           *common_sets(args, rd, args.teacher_steps), "--no-progress"]
-    train(cmd, rd, args.teacher_steps, args.threads)
+    train(teacher_cmd(args), teacher_dir(args), args.teacher_steps, args.threads)
 
 
 def stage_deploy(args: argparse.Namespace) -> None:
