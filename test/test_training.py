@@ -382,6 +382,7 @@ def test_xkd_eval_writes_metrics_and_pictures(baseline_run, scene_root: Path, tm
         seen[pairs.point] = True
         in_view += int((seen & (f.labels > 0)).sum())
     assert m["num_scans"] == 2 and m["sequences"] == ["01"] and m["fuse"] is False
+    assert m["cameras"] == [2]  # a KITTI-layout world (no views.yaml): camera 2 by default
     assert np.asarray(m["full"]["confusion_matrix"]).sum() == labelled == m["full"]["num_points"]
     assert np.asarray(m["frustum"]["confusion_matrix"]).sum() == in_view
     assert 0 < in_view < labelled

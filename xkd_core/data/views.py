@@ -240,6 +240,16 @@ def camera_selectors(cameras: int | str | Sequence[int | str]) -> list[int | str
     return out
 
 
+def default_cameras(seq_dirs: Sequence[str | Path]) -> list[int | str]:
+    """The cameras a tool uses when none are named: every view when each sequence lists its rig in
+    `views.yaml` (a surround rig has no KITTI camera 2), else KITTI camera 2 (its frustum figures stay
+    comparable with SemanticKITTI's)."""
+    dirs = [Path(d) for d in seq_dirs]
+    if dirs and all((d / VIEWS_FILE).is_file() for d in dirs):
+        return [ALL_VIEWS]
+    return [2]
+
+
 def _kitti_from_calib(seq_dir: Path, cam: int, cache: dict[str, Calib]) -> ViewCalib:
     calib_path = seq_dir / "calib.txt"
     if "calib" not in cache:

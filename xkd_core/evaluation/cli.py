@@ -5,7 +5,8 @@
 
 Writes `OUT/metrics.json` (full scan and camera-frustum subset; mIoU and IoU in percent, as
 xkd-bag-eval reports them), `OUT/confusion_full.png`, `OUT/confusion_frustum.png` and
-`OUT/iou_per_class.png`. A surround rig's views are selected by name or `--cameras all`.
+`OUT/iou_per_class.png`. A surround rig's views are selected by name or `--cameras all` (the default
+when every sequence has a `views.yaml`).
 `--camera-branch` scores the camera branch on the points the cameras see (a camera teacher's quality
 where it teaches the LiDAR branch); the full-scan rows then stay empty.
 """
@@ -20,8 +21,8 @@ from pathlib import Path
 from torch.utils.data import DataLoader, Subset
 
 from xkd_core.data.dataset import SemanticKittiDataset
-from xkd_core.data.semantickitti import SPLITS, DataFormatError
-from xkd_core.data.views import camera_selectors
+from xkd_core.data.semantickitti import SPLITS, DataFormatError, sequence_dir
+from xkd_core.data.views import camera_selectors, default_cameras
 from xkd_core.models.sparse_backend import BACKENDS
 
 
@@ -44,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (default cpu)")
     p.add_argument("--backend", default="auto", choices=BACKENDS, help="sparse-convolution library")
     p.add_argument("--fp16", action="store_true", help="half-precision inference (GPU)")
-    p.add_argument("--cameras", nargs="+", default=["2"],
+    p.add_argument("--cameras", nargs="+", default=None,
                    help="views for the frustum subset and fusion: KITTI cameras (2 3), view names "
-                        "(CAM_FRONT ...) or all (default 2)")
+                        "(CAM_FRONT ...) or all (default: all when every sequence has a views.yaml rig, "
+                        "else 2)")
     p.add_argument("--camera-branch", action="store_true",
                    help="score the camera branch (e.g. a camera teacher) instead of the LiDAR branch, on the "
                         "points the --cameras see: per point the mean of its views' distributions, the "
@@ -75,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         print("xkd-eval: error: --num-workers must be >= 0", file=sys.stderr)
         return 2
     try:
-        cameras = camera_selectors([int(c) if c.isdigit() else c for c in args.cameras])
+        if args.cameras is None:
+            ids = args.sequences if args.sequences is not None else SPLITS[args.split]
+            cameras = default_cameras([sequence_dir(args.data, s) for s in ids])
+        else:
+            cameras = camera_selectors([int(c) if c.isdigit() else c for c in args.cameras])
         dataset = SemanticKittiDataset(args.data, split=args.split, sequences=args.sequences,
                                        cameras=tuple(cameras), with_labels=True)
         if args.camera_branch:
