@@ -433,6 +433,22 @@ def section_xmodel_kd_summary(results: Path) -> str:
             f"[docs/results.md](docs/results.md).\n\n{table}")
 
 
+FLEET_LOOP = "fleet_loop.json"
+
+
+def section_fleet_loop(results: Path) -> str:
+    """docs/results.md: the fleet loop per seed as `experiments/fleet_loop.py` reports it, with its set-up."""
+    from experiments.fleet_loop import markdown
+
+    manifest = _load(results, FLEET_LOOP)
+    path = None if manifest is None else _repo_path(manifest["file"])
+    if path is None or not path.is_file():
+        return f"_Not measured yet (`bench/results/{FLEET_LOOP}` names the results file)._"
+    table = markdown(json.loads(path.read_text())).split("\n", 2)[2]  # without its own heading
+    return (f"{manifest['what']} Measured on {manifest['machine']}, {manifest['date']} (plan: "
+            f"`{manifest['plan']}`); results file: `{manifest['file']}`.\n\n{table}")
+
+
 def section_demo(results: Path) -> str:
     """README: what the last `make demo` measured."""
     data = _load(results, "demo.json")
@@ -498,7 +514,7 @@ SECTIONS: dict[str, Callable[[Path], str]] = {
     "train": section_train, "targets": section_targets, "ab": section_ab, "transport": section_transport,
     "demo": section_demo, "gpu": section_gpu, "dds": section_dds,
     "train_semantickitti": section_train_semantickitti, "xmodel_kd": section_xmodel_kd,
-    "xmodel_kd_summary": section_xmodel_kd_summary,
+    "xmodel_kd_summary": section_xmodel_kd_summary, "fleet_loop": section_fleet_loop,
 }
 
 

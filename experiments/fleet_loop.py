@@ -34,7 +34,8 @@ Stages (each skips what is finished and resumes what was interrupted; per seed s
   export    `xkd-export` with the guard (agreement on the log, held-out mIoU on A's val world, the labeled
             data a user has): `RUNS/seed<s>/model.pt`, or refused (recorded, not an error);
   eval      `xkd-eval`, LiDAR branch alone, of the deployed and the fine-tuned model (its last.pt, accepted
-            or not) on B's held-out scans and on A's val world;
+            or not) on B's held-out scans and on A's val world; the deployed model's camera branch (the
+            teacher) on the points of B's held-out scans its cameras see (`--camera-branch`);
   redeploy  the node pointed at the exported model: B's held-out bag replayed live through it and scored;
   report    per seed before / after on B and A, paired by seed (mean, standard error, signs), the guard's
             figures and verdict, the drive and the cost -> `--out` JSON and markdown on stdout.
@@ -54,6 +55,7 @@ from pathlib import Path
 
 from experiments.common import BIN, REPO, paired, run, run_stages
 from experiments.xmodel_kd_stages import (  # world A, the teacher's world and its training are the stages'
+    CLASS_CHANGE,
     CONFIGS,
     PRESET,
     TEACHER_SEED,
@@ -120,10 +122,12 @@ def eval_dir(base: Path, world: str) -> Path:
 
 
 WORLDS = {"b": "B held-out", "a": "A val"}
+#: The evaluation of the deployed model's camera branch, the fine-tune's teacher, on B's held-out scans.
+TEACHER_B = "teacher-b"
 
 
 def world_data(args: argparse.Namespace, world: str) -> tuple[Path, str]:
-    return (b_root(args), B_HELDOUT) if world == "b" else (world_root(args), A_VAL)
+    return (b_root(args), B_HELDOUT) if world in ("b", TEACHER_B) else (world_root(args), A_VAL)
 
 
 # ------------------------------------------------------------------------------------------ tools
@@ -314,7 +318,7 @@ def stage_eval(args: argparse.Namespace) -> None:
     jobs = []
     for seed in args.seeds:
         if deployed(args, seed).is_file():
-            jobs += [(deployed(args, seed), before_dir(args, seed), w) for w in WORLDS]
+            jobs += [(deployed(args, seed), before_dir(args, seed), w) for w in (*WORLDS, TEACHER_B)]
         if finished_step(finetune_dir(args, seed)) == args.finetune_steps:
             jobs += [(finetune_dir(args, seed) / "last.pt", seed_dir(args, seed), w) for w in WORLDS]
     jobs = list({(base, w): (ckpt, base, w) for ckpt, base, w in jobs}.values())
@@ -326,8 +330,9 @@ def stage_eval(args: argparse.Namespace) -> None:
             return
         root, seq = world_data(args, world)
         limit = [] if args.eval_scans is None else ["--max-scans", str(args.eval_scans)]
+        branch = ["--camera-branch"] if world == TEACHER_B else []  # scored on the points it sees
         run([str(BIN / "xkd-eval"), "--checkpoint", str(ckpt), "--data", str(root), "--sequences", seq,
-             "--cameras", "all", "--out", str(out), "--num-workers", "0", "--no-progress", *limit],
+             "--cameras", "all", "--out", str(out), "--num-workers", "0", "--no-progress", *limit, *branch],
             base / f"eval-{world}.log", args.threads)
 
     pool(args, one, jobs)
@@ -371,7 +376,7 @@ def collect(args: argparse.Namespace) -> dict:
                  "mix_per_batch": args.mix_per_batch, "deployed": args.deployed or "trained here",
                  "b_lidar": {"beams": args.b_beams, "height": args.b_height, "fov_up": args.b_fov_up,
                              "fov_down": args.b_fov_down},
-                 "per_seed": {}, "paired": {}}
+                 "per_seed": {}, "paired": {}, "classes": {}}
     for seed in args.seeds:
         row: dict = {"drive": drive_summary(args, seed), "guard": read_json(guard_path(args, seed)),
                      "exported": (seed_dir(args, seed) / "model.pt").is_file()}
@@ -379,8 +384,11 @@ def collect(args: argparse.Namespace) -> dict:
             for when, base in (("before", before_dir(args, seed)), ("after", seed_dir(args, seed))):
                 metrics = read_json(eval_dir(base, world) / "metrics.json")
                 if metrics is not None:
-                    row[f"{when}_{world}"] = {"full": percent(metrics, "full")[0],
-                                              "frustum": percent(metrics, "frustum")[0]}
+                    full, iou = percent(metrics, "full")
+                    row[f"{when}_{world}"] = {"full": full, "frustum": percent(metrics, "frustum")[0],
+                                              "iou": iou}
+        teacher = read_json(eval_dir(before_dir(args, seed), TEACHER_B) / "metrics.json")
+        row["teacher_b"] = None if teacher is None else percent(teacher, "frustum")[0]
         redeploy = read_json(seed_dir(args, seed) / "redeploy" / "report.json")
         row["redeploy_node_miou_b"] = None if redeploy is None else redeploy["miou"]["full"]
         rows = read_log(finetune_dir(args, seed) / "log.jsonl")
@@ -392,6 +400,14 @@ def collect(args: argparse.Namespace) -> dict:
             if done:
                 out["paired"][f"{world}_{part}"] = paired([r[f"after_{world}"][part] for r in done],
                                                           [r[f"before_{world}"][part] for r in done])
+        done = [r for r in out["per_seed"].values() if f"before_{world}" in r and f"after_{world}" in r]
+        if done:
+            moves = {c: paired([r[f"after_{world}"]["iou"][c] for r in done],
+                               [r[f"before_{world}"]["iou"][c] for r in done])
+                     for c in done[0][f"before_{world}"]["iou"]}
+            out["classes"][world] = dict(sorted(((c, d) for c, d in moves.items()
+                                                 if abs(d["mean"]) >= CLASS_CHANGE),
+                                                key=lambda cd: -abs(cd[1]["mean"])))
     return out
 
 
@@ -405,9 +421,10 @@ def markdown(res: dict) -> str:
     lines = [f"### Fleet loop: world B ({b['beams']} beams at {b['height']} m, {b['fov_up']:+g} / "
              f"{b['fov_down']:+g} degrees), {res['finetune_steps']} fine-tune steps, "
              f"{res['mix_per_batch']} labeled A scan(s) per batch", "",
-             "| seed | logged scans (views) | B held-out before -> after | A val before -> after | agreement "
-             "deployed -> fine-tuned | guard | node on B after redeploy | s/step |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| seed | logged scans (views) | B held-out before -> after | teacher on B | "
+             "A val before -> after | agreement deployed -> fine-tuned | guard | node on B after redeploy | "
+             "s/step |",
+             "|---|---|---|---|---|---|---|---|---|"]
 
     def pair(row: dict, world: str) -> str:
         if f"before_{world}" not in row or f"after_{world}" not in row:
@@ -426,13 +443,17 @@ def markdown(res: dict) -> str:
             verdict = "accepted" if g["ok"] else "refused: " + ", ".join(g["refused"])
         node = "-" if row["redeploy_node_miou_b"] is None else f"{row['redeploy_node_miou_b']:.1f}"
         sps = "-" if row["finetune_s_per_step"] is None else f"{row['finetune_s_per_step']:.2f}"
-        lines.append(f"| {seed} | {logged} | {pair(row, 'b')} | {pair(row, 'a')} | {agree} | {verdict} | "
-                     f"{node} | {sps} |")
+        teacher = "-" if row.get("teacher_b") is None else f"{row['teacher_b']:.1f}"
+        lines.append(f"| {seed} | {logged} | {pair(row, 'b')} | {teacher} | {pair(row, 'a')} | {agree} | "
+                     f"{verdict} | {node} | {sps} |")
     lines.append("")
     for key, d in res["paired"].items():
         world, part = key.split("_")
         lines.append(f"- {WORLDS[world]}, {part}: after - before {_pm(d)} mIoU points over "
                      f"{len(d['diffs'])} seed(s), signs {d['signs']}")
+    for world, moves in res.get("classes", {}).items():
+        lines.append(f"- {WORLDS[world]}, classes that change (IoU points, mean over seeds): "
+                     + (", ".join(f"{c} {d['mean']:+.1f}" for c, d in moves.items()) or "none"))
     return "\n".join(lines)
 
 

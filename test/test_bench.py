@@ -167,6 +167,40 @@ def test_xmodel_kd_table_and_machine_lines_come_from_the_stage_runners_results(t
     assert "No measured rows yet" in report.section_xmodel_kd(tmp_path / "nowhere")
 
 
+def test_the_fleet_loop_table_comes_from_the_loops_results(tmp_path):
+    from experiments.common import paired
+
+    def world(full: float) -> dict:
+        return {"full": full, "frustum": full, "iou": {"building": full, "road": 90.0}}
+
+    per_seed = {str(s): {"drive": {"pair_files": 120, "views_per_file": 6},
+                         "guard": {"ok": False, "refused": ["heldout_worse"],
+                                   "agreement": {"deployed": 60.0, "candidate": 70.0 + s}},
+                         "before_b": world(30.0 + s), "after_b": world(36.0 + s),
+                         "before_a": world(50.0), "after_a": world(47.0 - s),
+                         "teacher_b": 62.0, "redeploy_node_miou_b": None, "finetune_s_per_step": 1.0}
+                for s in (0, 1)}
+    res = {"seeds": [0, 1], "finetune_steps": 300, "mix_per_batch": 1,
+           "b_lidar": {"beams": 32, "height": 2.0, "fov_up": 10.0, "fov_down": -30.0}, "per_seed": per_seed,
+           "paired": {"b_full": paired([36.0, 37.0], [30.0, 31.0]),
+                      "a_full": paired([47.0, 46.0], [50.0, 50.0])},
+           "classes": {"b": {"building": paired([36.0, 37.0], [30.0, 31.0])}}}
+    path = tmp_path / "fleet.json"
+    path.write_text(json.dumps(res))
+    (tmp_path / report.FLEET_LOOP).write_text(json.dumps(
+        {"what": "The loop.", "machine": "a test machine", "date": "2026-12-04", "plan": "plan.md",
+         "file": str(path)}))
+    text = report.section_fleet_loop(tmp_path)
+    assert text.startswith("The loop. Measured on a test machine, 2026-12-04 (plan: `plan.md`)")
+    row = "| 0 | 120 (6) | 30.0 -> 36.0 | 62.0 | 50.0 -> 47.0 | 60.0 -> 70.0 | refused: heldout_worse |"
+    assert row in text
+    assert "B held-out, full: after - before +6.0 ± 0.0 mIoU points over 2 seed(s), signs ++" in text
+    assert "A val, full: after - before -3.5 ± 0.5 mIoU points over 2 seed(s), signs --" in text
+    assert "B held-out, classes that change (IoU points, mean over seeds): building +6.0" in text
+    assert "### Fleet loop" not in text  # the page has its own heading
+    assert "Not measured yet" in report.section_fleet_loop(tmp_path / "nowhere")
+
+
 def test_demo_figures_come_from_the_demo_report(tmp_path):
     demo_report = {"mode": "live", "checkpoint": "/somewhere/xkd_synth_small.pt",
                    "frames": {"scored": 40, "with_ground_truth": 40, "dropped": 0, "mismatched": 0},
@@ -229,7 +263,8 @@ def test_the_docs_figures_are_the_results_files():
     """`make test` fails when a figure in README.md, docs/results.md or docs/performance.md is not what
     its results file renders (fix: python -m bench.report)."""
     for doc, names in ((report.DOCS[0], ("demo", "gpu", "xmodel_kd_summary")),
-                       (report.DOCS[1], ("xmodel_kd", "demo")), (report.DOCS[2], ("targets", "stages"))):
+                       (report.DOCS[1], ("xmodel_kd", "fleet_loop", "demo")),
+                       (report.DOCS[2], ("targets", "stages"))):
         text = doc.read_text()
         assert all(f"<!-- figures:{n} -->" in text for n in names), doc
     assert report.main(["--check"]) == 0
