@@ -124,26 +124,3 @@ def mean_distribution(logits: Tensor, index: Tensor, size: int, T: float) -> Ten
     total = probs.new_zeros((size, probs.shape[1])).index_add_(0, index, probs)
     count = torch.bincount(index, minlength=size).clamp_min(1).to(probs.dtype)
     return torch.log((total / count[:, None]).clamp_min(1e-12))
-
-
-def calibrated_distribution(teacher_log_probs: Tensor, confusion: Tensor, prior: float = 1.0) -> Tensor:
-    """(N, C) log of the teacher's distribution corrected by its measured confusion with the labels:
-    q(y) = sum_k p(k) P(label y | teacher's argmax k), P estimated from `confusion` (C, C counts, rows:
-    the teacher's argmax class, columns: the label) with `prior` pseudo-counts on the diagonal.
-
-    Why: a frozen teacher that is blind to a class (it calls traffic signs "pole") would otherwise
-    teach the student that blindness with full confidence; the labels a run has say how often "pole"
-    from this teacher is really a sign, and the corrected target keeps that doubt. A row without
-    counts keeps the teacher's own distribution.
-    """
-    if confusion.shape != (teacher_log_probs.shape[1],) * 2:
-        raise ValueError(f"calibrated_distribution: confusion {tuple(confusion.shape)} does not match "
-                         f"{teacher_log_probs.shape[1]} classes")
-    counts = confusion.detach().double()
-    counts = counts + prior * torch.eye(counts.shape[0], dtype=counts.dtype, device=counts.device)
-    total = counts.sum(dim=1, keepdim=True)
-    eye = torch.eye(counts.shape[0], dtype=counts.dtype, device=counts.device)
-    given = torch.where(total > 0, counts / total.clamp_min(1e-12), eye)
-    probs = teacher_log_probs.detach().double().exp() @ given
-    return torch.log(probs.clamp_min(1e-12)).to(teacher_log_probs.dtype)
-

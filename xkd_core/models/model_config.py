@@ -5,7 +5,7 @@ flat layout that earlier configs and checkpoints hold.
       use_camera: true                  # false: the LiDAR-only baseline (no camera module is built)
       architecture: {voxel_size, unet_channels, ..., image_backbone, image_pretrained, ...}
       losses: {w_lovasz, w2d, w_fused, wc, tau, max_pairs, fused_detach_3d}
-      distillation: {wkd, kd_T, kd_teacher, kd_average, freeze_camera, kd_calibrate}
+      distillation: {wkd, kd_T, kd_teacher, kd_average, freeze_camera}
 
 Checkpoints embed the model config, and those written before the sections hold every key at the top
 level (`model.wkd`): `migrate_model_dict` moves such keys into their section, so an old checkpoint,
@@ -121,18 +121,9 @@ class DistillationConfig:
     #: with `init_checkpoint`): eval mode, no gradient, no 2D loss; it runs under no_grad, so a step
     #: costs its forward pass only. Its projection heads and the fused head still learn.
     freeze_camera: bool = False
-    #: The labels decide where the frozen teacher is trusted: a labeled point learns from its label
-    #: alone, and an unlabeled one follows the teacher's distribution corrected by how the teacher's
-    #: classes met the labels so far in this run (`xkd_core.losses.calibrated_distribution`). With
-    #: dense labels nothing is distilled. Needs `freeze_camera` (a fixed teacher, so its confusion is
-    #: one fixed quantity to estimate).
-    kd_calibrate: bool = False
 
     def __post_init__(self) -> None:
         _need(self.wkd >= 0, f"wkd must be >= 0, got {self.wkd}")
-        _need(not self.kd_calibrate or self.freeze_camera,
-              "kd_calibrate needs freeze_camera: true (the confusion of a teacher that is still learning "
-              "is not one quantity)")
         _need(self.kd_T > 0, f"kd_T must be > 0, got {self.kd_T}")
         _need(self.kd_teacher in ("fused", "2d"),
               f"kd_teacher must be 'fused' or '2d', got {self.kd_teacher!r}")

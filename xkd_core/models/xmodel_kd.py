@@ -22,14 +22,7 @@ from torch import Tensor, nn
 
 from xkd_core.data.collate import Batch, ImageBatch
 from xkd_core.geometry.voxelize import scatter_mean, voxelize
-from xkd_core.losses import (
-    calibrated_distribution,
-    cross_entropy,
-    info_nce,
-    kd_kl_log_probs,
-    lovasz_softmax,
-    mean_distribution,
-)
+from xkd_core.losses import cross_entropy, info_nce, kd_kl, kd_kl_log_probs, lovasz_softmax, mean_distribution
 from xkd_core.models.camera_branch import CameraBranch, sample_at_pixels
 from xkd_core.models.heads import FusionHead, PointHead, ProjectionHead
 from xkd_core.models.model_config import ArchitectureConfig, DistillationConfig, LossConfig, ModelConfig
@@ -68,10 +61,6 @@ class XModelKD(nn.Module):
             self.fusion_head = FusionHead(c0, arch.fpn_dim, arch.fusion_hidden, cfg.num_classes)
             if cfg.distillation.freeze_camera:
                 self.image_net.requires_grad_(False)
-            # distillation.kd_calibrate: (teacher argmax, label) counts of the labeled paired points
-            # seen in training; not saved (a resumed run estimates it again from its next batches)
-            self.register_buffer("teacher_confusion", torch.zeros(cfg.num_classes, cfg.num_classes,
-                                                                  dtype=torch.float64), persistent=False)
 
     @property
     def camera_frozen(self) -> bool:
@@ -242,15 +231,12 @@ class XModelKD(nn.Module):
                     contrastive = contrastive + info_nce(e3, e2, losses.tau, rows[:, None] == rows[None, :])
             terms["contrastive"] = contrastive
             if kd.kd_teacher == "fused":
-                teacher = F.log_softmax(out["logits_fused"].detach().float() / kd.kd_T, dim=1)
+                kl = kd_kl(logits_3d[fused_point], out["logits_fused"].detach().float(), kd.kd_T)
             else:  # every view that sees the point: the mean of their distributions
                 teacher = mean_distribution(logits_2d_pairs, pair_index, fused_point.shape[0], kd.kd_T)
-            taught = torch.arange(fused_point.shape[0], device=fused_point.device)
-            if kd.kd_calibrate:
-                teacher, taught = self._calibrated_teacher(teacher, labels[fused_point])
-            kl = kd_kl_log_probs(logits_3d[fused_point[taught]], teacher[taught], kd.kd_T)
+                kl = kd_kl_log_probs(logits_3d[fused_point], teacher, kd.kd_T)
             denominator = logits_3d.shape[0] if kd.kd_average == "all" else fused_point.shape[0]
-            terms["kd"] = kl * (taught.shape[0] / max(denominator, 1))
+            terms["kd"] = kl * (fused_point.shape[0] / max(denominator, 1))
             total = (total + kd.wkd * terms["kd"] + losses.w_fused * terms["ce_fused"]
                      + losses.wc * terms["contrastive"])
         terms["ce_3d"] = cross_entropy(logits_3d, labels, cfg.ignore_index)
@@ -258,18 +244,6 @@ class XModelKD(nn.Module):
         total = total + terms["ce_3d"] + losses.w_lovasz * terms["lovasz_3d"]
         terms["total"] = total
         return terms
-
-    def _calibrated_teacher(self, teacher: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
-        """`distillation.kd_calibrate`: count (teacher argmax, label) on the labeled paired points (in
-        training), correct the teacher's log-distribution by those counts, and return it with the rows
-        it teaches: the unlabeled ones."""
-        labeled = labels != self.cfg.ignore_index
-        if self.training and bool(labeled.any()):
-            c = self.cfg.num_classes
-            pairs = teacher[labeled].argmax(dim=1) * c + labels[labeled]
-            self.teacher_confusion += torch.bincount(pairs, minlength=c * c).reshape(c, c).to(
-                self.teacher_confusion.dtype)
-        return calibrated_distribution(teacher, self.teacher_confusion), torch.nonzero(~labeled).squeeze(1)
 
     # ----------------------------------------------------------------------------------- inference
 
