@@ -31,11 +31,9 @@ the teacher in `RUNS/camera_teacher`):
 Methods (`METHODS`): the baseline; `kd`, the KL from the frozen 2D-trained teacher on every point a
 camera sees; `pre_kd`, contrastive pretraining then fine-tuning with the labels and that KL; `kd_nce`,
 the KL and InfoNCE jointly; `kd_imagenet`, no 2D-label stage (the camera branch from ImageNet, trained
-jointly on the projected 3D labels); `kd_front`, the front camera only; `kd_trusted`, the KL on unlabeled
-points only, between classes the teacher scores >= 50 IoU on the run's labeled points. Regimes:
-`labelsF` (a fixed fraction F of every scan's points keeps its label), `scansK` (K fully labeled scans,
-the others unlabeled), `dense`. The last checkpoint is scored, never a best-on-val one: the val worlds
-select nothing.
+jointly on the projected 3D labels); `kd_front`, the front camera only. Regimes: `labelsF` (a fixed
+fraction F of every scan's points keeps its label), `scansK` (K fully labeled scans, the others
+unlabeled), `dense`. The last checkpoint is scored, never a best-on-val one: the val worlds select nothing.
 """
 
 from __future__ import annotations
@@ -85,9 +83,6 @@ METHODS: dict[str, Method] = {
                           what="no 2D-label stage: camera from ImageNet, trained on the projected 3D labels"),
     "kd_front": Method("xmodel_kd", ("data.cameras=[CAM_FRONT]",), teacher=True,
                        what="the KL from the front camera only"),
-    "kd_trusted": Method("xmodel_kd", ("model.distillation.kd_trust=0.5",), teacher=True,
-                         what="the KL on unlabeled points only, between classes the teacher scores >= 50 IoU "
-                              "on the run's labeled points"),
 }
 
 

@@ -5,7 +5,7 @@ flat layout that earlier configs and checkpoints hold.
       use_camera: true                  # false: the LiDAR-only baseline (no camera module is built)
       architecture: {voxel_size, unet_channels, ..., image_backbone, image_pretrained, ...}
       losses: {w_lovasz, w2d, w_fused, wc, tau, max_pairs, fused_detach_3d}
-      distillation: {wkd, kd_T, kd_teacher, kd_average, freeze_camera, kd_trust}
+      distillation: {wkd, kd_T, kd_teacher, kd_average, freeze_camera}
 
 Checkpoints embed the model config, and those written before the sections hold every key at the top
 level (`model.wkd`): `migrate_model_dict` moves such keys into their section, so an old checkpoint,
@@ -121,20 +121,9 @@ class DistillationConfig:
     #: with `init_checkpoint`): eval mode, no gradient, no 2D loss; it runs under no_grad, so a step
     #: costs its forward pass only. Its projection heads and the fused head still learn.
     freeze_camera: bool = False
-    #: Distil only where the frozen teacher is trusted (None: everywhere it sees): unlabeled points
-    #: whose class, by the student and by the teacher, is one the teacher scores at least this IoU
-    #: (0..1) on the labeled paired points counted so far in the run. A labeled point learns from its
-    #: label alone (dense labels: nothing is distilled); a class the teacher cannot see (thin signs)
-    #: is left to the labels. Needs `freeze_camera` and some labels.
-    kd_trust: float | None = None
 
     def __post_init__(self) -> None:
         _need(self.wkd >= 0, f"wkd must be >= 0, got {self.wkd}")
-        _need(self.kd_trust is None or 0 < self.kd_trust <= 1,
-              f"kd_trust must be in (0, 1] or null, got {self.kd_trust}")
-        _need(self.kd_trust is None or self.freeze_camera,
-              "kd_trust needs freeze_camera: true (the trust of a teacher that is still learning is not "
-              "one quantity)")
         _need(self.kd_T > 0, f"kd_T must be > 0, got {self.kd_T}")
         _need(self.kd_teacher in ("fused", "2d"),
               f"kd_teacher must be 'fused' or '2d', got {self.kd_teacher!r}")

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from xkd_core.data.collate import Batch, ImageBatch
 from xkd_core.geometry.voxelize import scatter_mean, voxelize
-from xkd_core.losses import cross_entropy, info_nce, kd_kl_log_probs, lovasz_softmax, mean_distribution
+from xkd_core.losses import cross_entropy, info_nce, kd_kl, kd_kl_log_probs, lovasz_softmax, mean_distribution
 from xkd_core.models.camera_branch import CameraBranch, sample_at_pixels
 from xkd_core.models.heads import FusionHead, PointHead, ProjectionHead
 from xkd_core.models.model_config import ArchitectureConfig, DistillationConfig, LossConfig, ModelConfig
@@ -61,10 +61,6 @@ class XModelKD(nn.Module):
             self.fusion_head = FusionHead(c0, arch.fpn_dim, arch.fusion_hidden, cfg.num_classes)
             if cfg.distillation.freeze_camera:
                 self.image_net.requires_grad_(False)
-            # distillation.kd_trust: (teacher argmax, label) counts of the labeled paired points seen in
-            # training; not saved (a resumed run counts again from its next batches)
-            self.register_buffer("teacher_confusion", torch.zeros(cfg.num_classes, cfg.num_classes,
-                                                                  dtype=torch.float64), persistent=False)
 
     @property
     def camera_frozen(self) -> bool:
@@ -235,16 +231,12 @@ class XModelKD(nn.Module):
                     contrastive = contrastive + info_nce(e3, e2, losses.tau, rows[:, None] == rows[None, :])
             terms["contrastive"] = contrastive
             if kd.kd_teacher == "fused":
-                teacher = F.log_softmax(out["logits_fused"].detach().float() / kd.kd_T, dim=1)
+                kl = kd_kl(logits_3d[fused_point], out["logits_fused"].detach().float(), kd.kd_T)
             else:  # every view that sees the point: the mean of their distributions
                 teacher = mean_distribution(logits_2d_pairs, pair_index, fused_point.shape[0], kd.kd_T)
-            student = logits_3d[fused_point]
-            if kd.kd_trust is not None:
-                taught = self._trusted_rows(teacher, student, labels[fused_point])
-                teacher, student = teacher[taught], student[taught]
-            kl = kd_kl_log_probs(student, teacher, kd.kd_T)
+                kl = kd_kl_log_probs(logits_3d[fused_point], teacher, kd.kd_T)
             denominator = logits_3d.shape[0] if kd.kd_average == "all" else fused_point.shape[0]
-            terms["kd"] = kl * (student.shape[0] / max(denominator, 1))
+            terms["kd"] = kl * (fused_point.shape[0] / max(denominator, 1))
             total = (total + kd.wkd * terms["kd"] + losses.w_fused * terms["ce_fused"]
                      + losses.wc * terms["contrastive"])
         terms["ce_3d"] = cross_entropy(logits_3d, labels, cfg.ignore_index)
@@ -252,23 +244,6 @@ class XModelKD(nn.Module):
         total = total + terms["ce_3d"] + losses.w_lovasz * terms["lovasz_3d"]
         terms["total"] = total
         return terms
-
-    def _trusted_rows(self, teacher: Tensor, student: Tensor, labels: Tensor) -> Tensor:
-        """`distillation.kd_trust`: count (teacher argmax, label) on the labeled rows (in training) and
-        return the unlabeled rows whose student and teacher classes both have a teacher IoU, on the
-        counts so far, of at least `kd_trust`."""
-        c = self.cfg.num_classes
-        labeled = labels != self.cfg.ignore_index
-        if self.training and bool(labeled.any()):
-            pairs = teacher[labeled].argmax(dim=1) * c + labels[labeled]
-            self.teacher_confusion += torch.bincount(pairs, minlength=c * c).reshape(c, c).to(
-                self.teacher_confusion.dtype)
-        counts = self.teacher_confusion
-        hits = counts.diagonal()
-        iou = hits / (counts.sum(dim=0) + counts.sum(dim=1) - hits).clamp_min(1.0)
-        trusted = iou >= self.cfg.distillation.kd_trust
-        keep = ~labeled & trusted[teacher.argmax(dim=1)] & trusted[student.detach().argmax(dim=1)]
-        return torch.nonzero(keep).squeeze(1)
 
     # ----------------------------------------------------------------------------------- inference
 
