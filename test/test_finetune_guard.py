@@ -103,7 +103,8 @@ def test_a_collapsed_fine_tune_is_refused_unless_forced(models: dict[str, Path],
     assert guard["forced"] and guard["refused"] == [AGREEMENT_COLLAPSE]
 
 
-def test_a_fine_tune_worse_on_held_out_scans_is_refused(models: dict[str, Path], tmp_path: Path) -> None:
+def test_a_fine_tune_worse_on_held_out_scans_is_refused(models: dict[str, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
     """It follows its (wrong) teacher perfectly, so agreement rises (0 -> 100 %): only labeled held-out
     scans show that it got worse."""
     out = tmp_path / "model.pt"
@@ -117,6 +118,10 @@ def test_a_fine_tune_worse_on_held_out_scans_is_refused(models: dict[str, Path],
     assert guard["refused"] == [HELDOUT_WORSE] and guard["agreement"]["ok"]
     h = guard["heldout"]
     assert h["candidate_miou"] == 0.0 < h["deployed_miou"] and h["drop"] > h["max_drop"]
+    # every class the deployed model got right at all is lost (the candidate scores 0 on each), most first
+    lost = list(h["classes_lost"].values())
+    assert lost and lost == sorted(lost, reverse=True) and min(lost) >= 1.0
+    assert "classes that lost most on it" in capsys.readouterr().out
     assert export(models["wrong_teacher"], out, *heldout(models), "--force") == 0
     assert load_checkpoint(out)["guard"]["refused"] == [HELDOUT_WORSE]
 

@@ -9,7 +9,8 @@ Two checks against the model it started from (the deployed one):
   (`agreement_collapse`): distillation from the camera should raise it, never lose most of it.
 - **held-out** (when the user has labeled scans): the LiDAR branch's mIoU on them; more than
   `max_miou_drop` points below the deployed model's is `heldout_worse`. This catches what agreement
-  cannot: a model that follows a wrong teacher closely.
+  cannot: a model that follows a wrong teacher closely. The report lists the classes that lost (what
+  to look at before forcing an export).
 
 `check_finetune` returns a plain report (schema `xkd.finetune_guard/1`, every share in percent) with
 `ok` and the stable short `refused` reasons; the caller decides (xkd-export refuses unless `--force`).
@@ -26,6 +27,8 @@ from typing import Any
 SCHEMA = "xkd.finetune_guard/1"
 AGREEMENT_COLLAPSE = "agreement_collapse"
 HELDOUT_WORSE = "heldout_worse"
+#: A held-out class whose IoU falls by at least this much (IoU points) is listed in `classes_lost`.
+LOST_CLASS = 1.0
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,18 @@ def check_heldout(candidate: Any, deployed: Any, heldout: HeldOut, thresholds: G
     if len(ds) == 0:
         raise ValueError(f"held-out set {heldout.root} (sequences {list(heldout.sequences)}) holds no scan")
     frames = [ds[i] for i in evenly_spaced(len(ds), thresholds.max_scans)]
-    before = evaluate(deployed, frames, progress=False).to_json()["full"]["miou"]
-    after = evaluate(candidate, frames, progress=False).to_json()["full"]["miou"]
+    dep = evaluate(deployed, frames, progress=False).to_json()["full"]
+    cand = evaluate(candidate, frames, progress=False).to_json()["full"]
+    before, after = dep["miou"], cand["miou"]
     if before is None or after is None:
         raise ValueError(f"held-out set {heldout.root}: no labeled point in the {len(frames)} scans measured")
+    # what a refusal is about: the classes that lost at least a point, most first
+    lost = sorted(((c, dep["per_class_iou"][c] - v) for c, v in cand["per_class_iou"].items()
+                   if v is not None and dep["per_class_iou"][c] is not None
+                   and dep["per_class_iou"][c] - v >= LOST_CLASS), key=lambda cv: -cv[1])
     return {"root": str(heldout.root), "sequences": list(heldout.sequences), "scans": len(frames),
             "deployed_miou": _round(before), "candidate_miou": _round(after), "drop": _round(before - after),
+            "classes_lost": {c: _round(d) for c, d in lost},
             "max_drop": thresholds.max_miou_drop, "ok": bool(before - after <= thresholds.max_miou_drop)}
 
 
@@ -143,4 +152,8 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"held-out mIoU on {h['scans']} labeled scans of {h['root']}: deployed "
                      f"{h['deployed_miou']:.1f} %, fine-tuned {h['candidate_miou']:.1f} % (refused more than "
                      f"{h['max_drop']:.1f} points lower): {'ok' if h['ok'] else HELDOUT_WORSE}")
+        lost = list(h.get("classes_lost", {}).items())[:5]
+        if lost:
+            lines.append("  classes that lost most on it (IoU points): "
+                         + ", ".join(f"{c} -{d:.1f}" for c, d in lost))
     return lines
