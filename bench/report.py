@@ -444,7 +444,7 @@ def section_fleet_loop(results: Path) -> str:
     path = None if manifest is None else _repo_path(manifest["file"])
     if path is None or not path.is_file():
         return f"_Not measured yet (`bench/results/{FLEET_LOOP}` names the results file)._"
-    table = markdown(json.loads(path.read_text())).split("\n", 2)[2]  # without its own heading
+    table = markdown(json.loads(path.read_text()), heading=False)  # the page has its own heading
     return (f"{manifest['what']} Measured on {manifest['machine']}, {manifest['date']} (plan: "
             f"`{manifest['plan']}`); results file: `{manifest['file']}`.\n\n{table}")
 

@@ -55,12 +55,12 @@ from pathlib import Path
 
 from experiments.common import BIN, REPO, paired, run, run_stages
 from experiments.xmodel_kd_stages import (  # world A, the teacher's world and its training are the stages'
-    CLASS_CHANGE,
     CONFIGS,
     PRESET,
     TEACHER_SEED,
     TEACHER_TRAIN,
     TEACHER_VAL,
+    class_changes,
     common_sets,
     finished_step,
     percent,
@@ -395,19 +395,13 @@ def collect(args: argparse.Namespace) -> dict:
         row["finetune_s_per_step"] = seconds_per_step(rows)
         out["per_seed"][str(seed)] = row
     for world in WORLDS:
-        for part in ("full", "frustum"):
-            done = [r for r in out["per_seed"].values() if f"before_{world}" in r and f"after_{world}" in r]
-            if done:
-                out["paired"][f"{world}_{part}"] = paired([r[f"after_{world}"][part] for r in done],
-                                                          [r[f"before_{world}"][part] for r in done])
         done = [r for r in out["per_seed"].values() if f"before_{world}" in r and f"after_{world}" in r]
-        if done:
-            moves = {c: paired([r[f"after_{world}"]["iou"][c] for r in done],
-                               [r[f"before_{world}"]["iou"][c] for r in done])
-                     for c in done[0][f"before_{world}"]["iou"]}
-            out["classes"][world] = dict(sorted(((c, d) for c, d in moves.items()
-                                                 if abs(d["mean"]) >= CLASS_CHANGE),
-                                                key=lambda cd: -abs(cd[1]["mean"])))
+        if not done:
+            continue
+        after, before = [r[f"after_{world}"] for r in done], [r[f"before_{world}"] for r in done]
+        for part in ("full", "frustum"):
+            out["paired"][f"{world}_{part}"] = paired([a[part] for a in after], [b[part] for b in before])
+        out["classes"][world] = class_changes([a["iou"] for a in after], [b["iou"] for b in before])
     return out
 
 
@@ -415,16 +409,17 @@ def _pm(d: dict) -> str:
     return f"{d['mean']:+.1f}" + ("" if d["se"] is None else f" ± {d['se']:.1f}")
 
 
-def markdown(res: dict) -> str:
-    """One row per seed, then the paired differences."""
+def markdown(res: dict, heading: bool = True) -> str:
+    """One row per seed, then the paired differences (under a heading naming the set-up, unless the page
+    that shows it has its own)."""
     b = res["b_lidar"]
     lines = [f"### Fleet loop: world B ({b['beams']} beams at {b['height']} m, {b['fov_up']:+g} / "
              f"{b['fov_down']:+g} degrees), {res['finetune_steps']} fine-tune steps, "
-             f"{res['mix_per_batch']} labeled A scan(s) per batch", "",
-             "| seed | logged scans (views) | B held-out before -> after | teacher on B | "
-             "A val before -> after | agreement deployed -> fine-tuned | guard | node on B after redeploy | "
-             "s/step |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             f"{res['mix_per_batch']} labeled A scan(s) per batch", ""] if heading else []
+    lines += ["| seed | logged scans (views) | B held-out before -> after | teacher on B | "
+              "A val before -> after | agreement deployed -> fine-tuned | guard | node on B after redeploy | "
+              "s/step |",
+              "|---|---|---|---|---|---|---|---|---|"]
 
     def pair(row: dict, world: str) -> str:
         if f"before_{world}" not in row or f"after_{world}" not in row:

@@ -324,6 +324,14 @@ def percent(metrics: dict, part: str) -> tuple[float, dict[str, float]]:
     return d["miou"] * scale, {c: (v or 0.0) * scale for c, v in d["per_class_iou"].items()}
 
 
+def class_changes(after: list[dict[str, float]], before: list[dict[str, float]]) -> dict[str, dict]:
+    """Per-class IoU differences paired by seed (`after[i]` against `before[i]`): the classes whose IoU
+    moves by at least `CLASS_CHANGE` on average, largest first."""
+    changes = {c: paired([x[c] for x in after], [x[c] for x in before]) for c in after[0]}
+    return {c: d for c, d in sorted(changes.items(), key=lambda kv: -abs(kv[1]["mean"]))
+            if abs(d["mean"]) >= CLASS_CHANGE}
+
+
 def versus(row: dict, base: dict) -> dict | None:
     """A method's paired differences to the baseline over the seeds both have: full scan, frustum, and
     the classes whose IoU moves by at least `CLASS_CHANGE` on average (largest first)."""
@@ -334,12 +342,9 @@ def versus(row: dict, base: dict) -> dict | None:
     def pick(r: dict, key: str) -> list:
         return [r[key][r["seeds"].index(s)] for s in common]
 
-    ia, ib = pick(row, "iou"), pick(base, "iou")
-    changes = {c: paired([x[c] for x in ia], [x[c] for x in ib]) for c in ia[0]}
     return {"seeds": common, "full": paired(pick(row, "full"), pick(base, "full")),
             "frustum": paired(pick(row, "frustum"), pick(base, "frustum")),
-            "classes": {c: d for c, d in sorted(changes.items(), key=lambda kv: -abs(kv[1]["mean"]))
-                        if abs(d["mean"]) >= CLASS_CHANGE}}
+            "classes": class_changes(pick(row, "iou"), pick(base, "iou"))}
 
 
 def teacher_summary(args: argparse.Namespace) -> dict | None:
