@@ -102,9 +102,9 @@ def check_heldout(candidate: Any, deployed: Any, heldout: HeldOut, thresholds: G
     if before is None or after is None:
         raise ValueError(f"held-out set {heldout.root}: no labeled point in the {len(frames)} scans measured")
     # what a refusal is about: the classes that lost at least a point, most first
-    lost = sorted(((c, dep["per_class_iou"][c] - v) for c, v in cand["per_class_iou"].items()
-                   if v is not None and dep["per_class_iou"][c] is not None
-                   and dep["per_class_iou"][c] - v >= LOST_CLASS), key=lambda cv: -cv[1])
+    drops = {c: dep["per_class_iou"][c] - v for c, v in cand["per_class_iou"].items()
+             if v is not None and dep["per_class_iou"][c] is not None}
+    lost = sorted(((c, d) for c, d in drops.items() if d >= LOST_CLASS), key=lambda cd: -cd[1])
     return {"root": str(heldout.root), "sequences": list(heldout.sequences), "scans": len(frames),
             "deployed_miou": _round(before), "candidate_miou": _round(after), "drop": _round(before - after),
             "classes_lost": {c: _round(d) for c, d in lost},
