@@ -95,19 +95,11 @@ def _same_points(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=True))
 
 
-def _percent(v: float) -> float | None:
-    return None if v is None or not np.isfinite(v) else round(100.0 * float(v), 4)
-
-
 def _summary(cm: ConfusionMatrix) -> dict[str, Any]:
     """mIoU and per-class IoU in percent (None where the class is absent from the truth)."""
-    iou = cm.iou()
-    return {
-        "miou": _percent(cm.miou()),
-        "per_class_iou": {CLASS_NAMES[c]: _percent(iou[c]) for c in range(NUM_CLASSES) if c != IGNORE_INDEX},
-        "points": int(cm.matrix.sum()),
-        "confusion_matrix": cm.matrix.cpu().tolist(),
-    }
+    s = cm.summary(percent=True)
+    return {"miou": s["miou"], "per_class_iou": s["per_class_iou"], "points": s["num_points"],
+            "confusion_matrix": s["confusion_matrix"]}
 
 
 def latency_summary(latencies_s: Iterable[float]) -> dict[str, float | int | None]:

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from xkd_core.classes import CLASS_NAMES, IGNORE_INDEX
+from xkd_core.classes import IGNORE_INDEX
 from xkd_core.data.collate import collate, prepare_sample
 from xkd_core.data.frame import Frame
 from xkd_core.evaluation.metrics import ConfusionMatrix
@@ -29,15 +29,6 @@ from xkd_core.models.camera_branch import sample_at_pixels
 
 if TYPE_CHECKING:
     from xkd_core.models.xmodel_kd import XModelKD
-
-
-def percent_summary(cm: ConfusionMatrix) -> dict:
-    """`ConfusionMatrix.summary` with mIoU and per-class IoU in percent (None where absent), the unit
-    xkd-bag-eval reports in."""
-    out = cm.summary(CLASS_NAMES)
-    out["miou"] = None if out["miou"] is None else 100.0 * out["miou"]
-    out["per_class_iou"] = {k: None if v is None else 100.0 * v for k, v in out["per_class_iou"].items()}
-    return out
 
 
 @dataclass
@@ -68,8 +59,8 @@ class EvalResult:
             "num_scans": self.num_scans,
             "num_points": self.num_points,
             "num_frustum_points": self.num_frustum_points,
-            "full": percent_summary(self.full),
-            "frustum": percent_summary(self.frustum),
+            "full": self.full.summary(percent=True),
+            "frustum": self.frustum.summary(percent=True),
             "latency_ms": pct(lat),
             "stage_latency_ms": {k: pct(np.asarray(v) * 1e3) for k, v in self.stage_seconds.items()},
         }

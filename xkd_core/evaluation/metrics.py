@@ -92,20 +92,22 @@ class ConfusionMatrix:
     def miou(self) -> float:
         return mean_iou(self.matrix, self.ignore_index)
 
-    def summary(self, class_names: tuple[str, ...] | list[str] = CLASS_NAMES) -> dict:
-        """JSON-ready dict: mIoU, per-class IoU (None where absent), point counts and the matrix."""
+    def summary(self, class_names: tuple[str, ...] | list[str] = CLASS_NAMES, percent: bool = False) -> dict:
+        """JSON-ready dict: mIoU, per-class IoU (None where absent), point counts and the matrix;
+        `percent`: the IoUs in percent to four decimals, the unit every report of xkd is in."""
         if len(class_names) != self.num_classes:
             raise ValueError(f"{len(class_names)} class names for {self.num_classes} classes")
-        iou = self.iou()
-        miou = self.miou()
         m = self.matrix.cpu()
+
+        def value(v: float) -> float | None:
+            if np.isnan(v):
+                return None
+            return round(100.0 * float(v), 4) if percent else float(v)
+
         return {
-            "miou": None if np.isnan(miou) else miou,
-            "per_class_iou": {
-                name: (None if np.isnan(v) else float(v))
-                for i, (name, v) in enumerate(zip(class_names, iou))
-                if i != self.ignore_index
-            },
+            "miou": value(self.miou()),
+            "per_class_iou": {name: value(v) for i, (name, v) in enumerate(zip(class_names, self.iou()))
+                              if i != self.ignore_index},
             "num_points": int(m.sum()),
             "classes_present": [
                 class_names[i] for i in range(self.num_classes) if i != self.ignore_index and m[i].sum() > 0
