@@ -56,7 +56,7 @@ def test_the_fine_tune_command_starts_from_the_deployed_model_on_its_log(tmp_pat
     assert cmd[cmd.index("--config") + 1].endswith("fleet_finetune.yaml")
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     assert {f"data.root={tmp_path / 'runs' / 'seed3' / 'pairs'}", "init_checkpoint=models/dep3.pt", "seed=3",
-            f"data.mix.root={tmp_path / 'data' / 'world'}", "data.mix.sequences=[00]", "data.mix.per_batch=1",
+            f"data.mix.root={tmp_path / 'data' / 'world'}", "data.mix.sequences=[00]", "data.mix.per_batch=2",
             "optim.steps=7", "data.max_points=100"} <= set(sets)
     no_mix = loop.finetune_cmd(args_for(tmp_path, "--mix-per-batch", "0"), 0)
     assert not any(a.startswith("data.mix") for a in no_mix)
