@@ -488,8 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="xkd-train --set for the deployed models trained here")
     t.add_argument("--finetune-steps", type=int, default=300)
     t.add_argument("--mix-per-batch", type=int, default=2,
-                   help="labeled scans of A's training sequence in every fine-tune batch, beside the two logged "
-                        "ones (0: the log alone; 2 kept A better than 1 on every seed: docs/results.md)")
+                   help="labeled scans of A's training sequence in every fine-tune batch, beside the two "
+                        "logged ones (0: the log alone; 2 kept A better than 1 on every seed: results.md)")
     t.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
                    help="xkd-train --set for the fine-tune")
     t.add_argument("--ckpt-every", type=int, default=100, help="last.pt interval (resume point)")

@@ -81,6 +81,14 @@ def test_summary_names_classes() -> None:
     assert s["classes_present"] == ["car", "road"]
     assert s["num_points"] == 3
     assert len(s["confusion_matrix"]) == NUM_CLASSES
+    # the unit of every report (xkd-eval's metrics.json, xkd-bag-eval): percent, four decimals
+    cm.update(torch.tensor([1, 1]), torch.tensor([1, 9]))  # car: TP 2, FN 1, FP 1 -> 2/4
+    p = cm.summary(percent=True)
+    assert p["per_class_iou"]["car"] == 50.0 and p["per_class_iou"]["person"] is None
+    cm.update(torch.tensor([9]), torch.tensor([1]))  # car 2/5, road 1/4
+    p = cm.summary(percent=True)
+    assert p["per_class_iou"]["car"] == 40.0 and p["per_class_iou"]["road"] == 25.0
+    assert p["miou"] == round(100 * cm.miou(), 4) and p["num_points"] == 6
 
 
 def test_bad_input_is_refused() -> None:
