@@ -217,6 +217,20 @@ def test_resume_is_bit_exact(scene_root: Path, tmp_path: Path, caplog: pytest.Lo
     assert [(h["step"], h["loss/total"]) for h in res_a.history] == loss_b  # stale step-4 record dropped
 
 
+def test_deterministic_on_the_cpu_runs_one_thread(scene_root: Path, tmp_path: Path) -> None:
+    """Two CPU runs with two torch threads diverge (measured: their weights differ after 60 steps of
+    synth_small); `deterministic: true` is what makes a CPU run reproducible, so it runs one thread."""
+    torch.set_num_threads(2)
+    Trainer(tiny_cfg("baseline_lidar.yaml", scene_root, tmp_path / "free"), progress=False)
+    assert torch.get_num_threads() == 2
+    try:
+        Trainer(tiny_cfg("baseline_lidar.yaml", scene_root, tmp_path / "det", "deterministic=true",
+                         "device=cpu"), progress=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.use_deterministic_algorithms(False)  # process-wide: the other tests run as configured
+
+
 def test_resume_refuses_a_checkpoint_without_training_state(baseline_run, tmp_path: Path) -> None:
     from xkd_core.models.checkpoint import save_checkpoint
 

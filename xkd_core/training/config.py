@@ -205,7 +205,8 @@ class TrainConfig:
     #: Mixed precision on the GPU (ignored, with a warning, on the CPU).
     amp: Literal["none", "bf16", "fp16"] = "none"
     seed: int = 0
-    #: Deterministic kernels (slower on the GPU); CPU runs are deterministic either way.
+    #: Reproducible runs (slower): deterministic cuDNN / cuBLAS kernels on the GPU; on the CPU one torch
+    #: thread, since multi-threaded CPU kernels sum in a varying order (two 2-thread runs diverge).
     deterministic: bool = False
     #: auto | cpu | cuda | cuda:N; under torchrun each process uses cuda:LOCAL_RANK.
     device: str = "auto"

@@ -109,6 +109,10 @@ class Trainer:
 
         if cfg.init_architecture:
             cfg = self.cfg = adopt_init_architecture(cfg)
+        if cfg.deterministic and device.type == "cpu" and torch.get_num_threads() > 1:
+            log.info("deterministic on the CPU: one torch thread instead of %d (multi-threaded kernels sum "
+                     "in a varying order)", torch.get_num_threads())
+            torch.set_num_threads(1)
         # Same seed on every rank for the weights (DDP also broadcasts rank 0's), then a per-rank seed.
         seed_everything(cfg.seed, cfg.deterministic)
         model = XModelKD(dataclasses.replace(cfg.model, backend=cfg.sparse_backend), device=device)
