@@ -5,7 +5,7 @@ flat layout that earlier configs and checkpoints hold.
       use_camera: true                  # false: the LiDAR-only baseline (no camera module is built)
       architecture: {voxel_size, unet_channels, ..., image_backbone, image_pretrained, ...}
       losses: {w_lovasz, w2d, w_fused, wc, tau, max_pairs, fused_detach_3d}
-      distillation: {wkd, kd_T, kd_teacher, kd_average, freeze_camera}
+      distillation: {wkd, kd_T, kd_teacher, kd_average, freeze_camera, kd_arbiter}
 
 Checkpoints embed the model config, and those written before the sections hold every key at the top
 level (`model.wkd`): `migrate_model_dict` moves such keys into their section, so an old checkpoint,
@@ -121,6 +121,11 @@ class DistillationConfig:
     #: with `init_checkpoint`): eval mode, no gradient, no 2D loss; it runs under no_grad, so a step
     #: costs its forward pass only. Its projection heads and the fused head still learn.
     freeze_camera: bool = False
+    #: Where the student's and the teacher's classes differ on an unlabeled point, distil only when the
+    #: labeled points of the run saw the teacher's class win that pair at least as often
+    #: (`xkd_core.models.kd_arbiter`): the teacher's own confusions are not taught. Needs labeled
+    #: paired points in the batches (the fleet fine-tune's `data.mix`).
+    kd_arbiter: bool = False
 
     def __post_init__(self) -> None:
         _need(self.wkd >= 0, f"wkd must be >= 0, got {self.wkd}")

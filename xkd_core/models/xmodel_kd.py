@@ -22,9 +22,10 @@ from torch import Tensor, nn
 
 from xkd_core.data.collate import Batch, ImageBatch
 from xkd_core.geometry.voxelize import scatter_mean, voxelize
-from xkd_core.losses import cross_entropy, info_nce, kd_kl, kd_kl_log_probs, lovasz_softmax, mean_distribution
+from xkd_core.losses import cross_entropy, info_nce, kd_kl_log_probs, lovasz_softmax, mean_distribution
 from xkd_core.models.camera_branch import CameraBranch, sample_at_pixels
 from xkd_core.models.heads import FusionHead, PointHead, ProjectionHead
+from xkd_core.models.kd_arbiter import KDArbiter
 from xkd_core.models.model_config import ArchitectureConfig, DistillationConfig, LossConfig, ModelConfig
 from xkd_core.models.sparse_backend import get_spconv
 from xkd_core.models.sparse_unet import SparseUNet, point_rows_at_level
@@ -52,6 +53,7 @@ class XModelKD(nn.Module):
         self.point_head = PointHead(POINT_IN, c0, cfg.num_classes)
         # the attribute keeps its name: it prefixes the checkpoints' weight names ("image_net.")
         self.image_net: CameraBranch | None = None
+        self.kd_arbiter: KDArbiter | None = None
         if cfg.use_camera:
             self.image_net = CameraBranch(arch.image_backbone, arch.image_pretrained, arch.image_out_indices,
                                           arch.fpn_dim, cfg.num_classes, load_weights=load_weights)
@@ -61,6 +63,8 @@ class XModelKD(nn.Module):
             self.fusion_head = FusionHead(c0, arch.fpn_dim, arch.fusion_hidden, cfg.num_classes)
             if cfg.distillation.freeze_camera:
                 self.image_net.requires_grad_(False)
+            if cfg.distillation.kd_arbiter:
+                self.kd_arbiter = KDArbiter(cfg.num_classes, cfg.ignore_index)
 
     @property
     def camera_frozen(self) -> bool:
@@ -231,12 +235,16 @@ class XModelKD(nn.Module):
                     contrastive = contrastive + info_nce(e3, e2, losses.tau, rows[:, None] == rows[None, :])
             terms["contrastive"] = contrastive
             if kd.kd_teacher == "fused":
-                kl = kd_kl(logits_3d[fused_point], out["logits_fused"].detach().float(), kd.kd_T)
+                teacher = F.log_softmax(out["logits_fused"].detach().float() / kd.kd_T, dim=1)
             else:  # every view that sees the point: the mean of their distributions
                 teacher = mean_distribution(logits_2d_pairs, pair_index, fused_point.shape[0], kd.kd_T)
-                kl = kd_kl_log_probs(logits_3d[fused_point], teacher, kd.kd_T)
+            student = logits_3d[fused_point]
+            if self.kd_arbiter is not None:
+                keep = self._arbitrate(student, teacher, labels[fused_point])
+                student, teacher = student[keep], teacher[keep]
+            kl = kd_kl_log_probs(student, teacher, kd.kd_T)
             denominator = logits_3d.shape[0] if kd.kd_average == "all" else fused_point.shape[0]
-            terms["kd"] = kl * (fused_point.shape[0] / max(denominator, 1))
+            terms["kd"] = kl * (student.shape[0] / max(denominator, 1))
             total = (total + kd.wkd * terms["kd"] + losses.w_fused * terms["ce_fused"]
                      + losses.wc * terms["contrastive"])
         terms["ce_3d"] = cross_entropy(logits_3d, labels, cfg.ignore_index)
@@ -244,6 +252,19 @@ class XModelKD(nn.Module):
         total = total + terms["ce_3d"] + losses.w_lovasz * terms["lovasz_3d"]
         terms["total"] = total
         return terms
+
+    def _arbitrate(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor:
+        """(N,) bool, the paired points the KL keeps (`distillation.kd_arbiter`): every labeled one, and
+        the unlabeled ones whose (student, teacher) class pair the teacher wins; a training step first
+        counts its labeled points into the table."""
+        s = student.detach().clone()
+        s[:, self.cfg.ignore_index] = float("-inf")
+        t = teacher.detach().clone()
+        t[:, self.cfg.ignore_index] = float("-inf")
+        s, t = s.argmax(1), t.argmax(1)
+        if self.training:
+            self.kd_arbiter.update(s, t, labels)
+        return (labels != self.cfg.ignore_index) | self.kd_arbiter.teacher_wins(s, t)
 
     # ----------------------------------------------------------------------------------- inference
 
