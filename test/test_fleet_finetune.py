@@ -114,6 +114,22 @@ def test_mixed_labeled_scans_in_every_batch(setup: dict[str, Path], tmp_path: Pa
     assert all(h["loss/ce_3d"] > 0.0 and h["loss/kd"] > 0.0 for h in history)
 
 
+def test_the_arbiter_counts_the_mixed_labeled_scans(setup: dict[str, Path], tmp_path: Path) -> None:
+    """distillation.kd_arbiter: the table fills from the labeled scans of data.mix (and only from labeled
+    points: the log's count nothing); a log without labeled scans warns that the KL applies everywhere."""
+    cfg = fleet_cfg(setup, tmp_path / "mix", "model.distillation.kd_arbiter=true",
+                    f"data.mix.root={setup['world']}", "data.mix.sequences=['01']", "data.mix.per_batch=1")
+    trainer = Trainer(cfg, progress=False)
+    history = trainer.fit().history
+    assert all(h["loss/kd"] > 0.0 for h in history)
+    assert trainer.model.kd_arbiter.counts.sum().item() > 0
+    with pytest.warns(UserWarning, match="kd_arbiter counts on labeled paired points"):
+        trainer = Trainer(fleet_cfg(setup, tmp_path / "log", "model.distillation.kd_arbiter=true"),
+                          progress=False)
+    trainer.fit()
+    assert trainer.model.kd_arbiter.counts.sum().item() == 0
+
+
 def test_explicit_teacher_checkpoint(setup: dict[str, Path], tmp_path: Path) -> None:
     """teacher_checkpoint: the camera branch of another checkpoint teaches; one that does not fit the
     deployed model's camera branch is refused, naming it."""

@@ -128,6 +128,9 @@ class Trainer:
                              "it would teach from its initial weights; init_checkpoint "
                              f"{cfg.init_checkpoint} has none (a LiDAR-only model?): give "
                              "teacher_checkpoint (a camera teacher)")
+        if kd.kd_arbiter and cfg.data.source == "pairlog" and cfg.data.mix.root is None:
+            warnings.warn("model.distillation.kd_arbiter counts on labeled paired points and this run has "
+                          "none (a pair log without data.mix): the KL applies on every point", stacklevel=2)
         if cfg.stage == "camera":  # the camera teacher: only its branch learns (and is in the optimizer)
             for name, p in model.named_parameters():
                 p.requires_grad_(name.startswith("image_net."))
