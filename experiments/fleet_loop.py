@@ -53,6 +53,8 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import yaml
+
 from experiments.common import BIN, REPO, paired, run, run_stages
 from experiments.xmodel_kd_stages import (  # world A, the teacher's world and its training are the stages'
     CONFIGS,
@@ -393,6 +395,9 @@ def collect(args: argparse.Namespace) -> dict:
         row["redeploy_node_miou_b"] = None if redeploy is None else redeploy["miou"]["full"]
         rows = read_log(finetune_dir(args, seed) / "log.jsonl")
         row["finetune_s_per_step"] = seconds_per_step(rows)
+        config = finetune_dir(args, seed) / "config.yaml"  # what the fine-tune ran with (the KL's settings)
+        row["finetune_distillation"] = (yaml.safe_load(config.read_text())["model"]["distillation"]
+                                        if config.is_file() else None)
         out["per_seed"][str(seed)] = row
     for world in WORLDS:
         done = [r for r in out["per_seed"].values() if f"before_{world}" in r and f"after_{world}" in r]
@@ -413,9 +418,12 @@ def markdown(res: dict, heading: bool = True) -> str:
     """One row per seed, then the paired differences (under a heading naming the set-up, unless the page
     that shows it has its own)."""
     b = res["b_lidar"]
+    kls = [r.get("finetune_distillation") or {} for r in res["per_seed"].values()]
+    arbiter = ", the KL arbitrated by their labels (kd_arbiter)" if kls and all(
+        k.get("kd_arbiter") for k in kls) else ""
     lines = [f"### Fleet loop: world B ({b['beams']} beams at {b['height']} m, {b['fov_up']:+g} / "
              f"{b['fov_down']:+g} degrees), {res['finetune_steps']} fine-tune steps, "
-             f"{res['mix_per_batch']} labeled A scan(s) per batch", ""] if heading else []
+             f"{res['mix_per_batch']} labeled A scan(s) per batch{arbiter}", ""] if heading else []
     lines += ["| seed | logged scans (views) | B held-out before -> after | teacher on B | "
               "A val before -> after | agreement deployed -> fine-tuned | guard | node on B after redeploy | "
               "s/step |",

@@ -112,6 +112,10 @@ def test_the_loop_end_to_end_on_tiny_worlds(tmp_path: Path) -> None:
     assert data["source"] == "pairlog" and Path(data["root"]) == runs / "pairs"
     assert Path(data["mix"]["root"]) == tmp_path / "data" / "world"
     assert ckpt["train_config"]["init_checkpoint"] == str(deployed)
+    kl = ckpt["train_config"]["model"]["distillation"]
+    assert kl["kd_arbiter"] and row["finetune_distillation"] == kl  # the config's default: A's labels count
+    heading = next(line for line in proc.stdout.splitlines() if line.startswith("### Fleet loop"))
+    assert "kd_arbiter" in heading
     history = [json.loads(line) for line in (runs / "finetune" / "log.jsonl").read_text().splitlines()]
     assert all(h["loss/kd"] > 0 for h in history if "loss/kd" in h)
 
