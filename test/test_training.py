@@ -21,11 +21,12 @@ from xkd_core.config import ConfigError, to_dict
 from xkd_core.data.dataset import SemanticKittiDataset
 from xkd_core.geometry.projection import point_pixel_pairs
 from xkd_core.models.checkpoint import load_checkpoint, model_from_checkpoint
+from xkd_core.models.heads import labels_from_logits
 from xkd_core.training.config import OptimConfig, TrainConfig, load_train_config
 from xkd_core.training.data import ResumableSampler, ShardSampler, batches_per_epoch
 from xkd_core.training.distributed import DistInfo
 from xkd_core.training.schedule import build_optimizer, build_scheduler, lr_factor
-from xkd_core.training.trainer import Trainer, labels_from_logits
+from xkd_core.training.trainer import Trainer
 
 CONFIGS = Path(__file__).resolve().parents[1] / "config" / "train"
 

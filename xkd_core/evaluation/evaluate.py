@@ -26,6 +26,7 @@ from xkd_core.evaluation.metrics import ConfusionMatrix
 from xkd_core.geometry.projection import in_any_view, views_of
 from xkd_core.losses import mean_distribution
 from xkd_core.models.camera_branch import sample_at_pixels
+from xkd_core.models.heads import labels_from_logits
 
 if TYPE_CHECKING:
     from xkd_core.models.xmodel_kd import XModelKD
@@ -109,8 +110,7 @@ def camera_point_labels(model: XModelKD, frame: Frame, image_hw: tuple[int, int]
     pairs = sample_at_pixels(logits, batch.pair_image.to(device), batch.pair_uv.to(device), image_hw)
     points, inverse = torch.unique(batch.pair_point.to(device), return_inverse=True)
     scores = mean_distribution(pairs, inverse, len(points), T)
-    scores[:, IGNORE_INDEX] = float("-inf")
-    return sample.kept_index[points.cpu().numpy()], scores.argmax(1).cpu().numpy()
+    return sample.kept_index[points.cpu().numpy()], labels_from_logits(scores, IGNORE_INDEX).cpu().numpy()
 
 
 def evaluate_camera(model: XModelKD, frames: Iterable[Frame], image_hw: tuple[int, int], T: float,

@@ -10,6 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xkd_core.classes import IGNORE_INDEX
+
+
+def labels_from_logits(logits: Tensor, ignore_index: int = IGNORE_INDEX) -> Tensor:
+    """Learning ids from (N, C) logits or log-probabilities; the ignore class is never predicted (as in
+    `Segmenter`)."""
+    scores = logits.detach().float().clone()
+    scores[:, ignore_index] = float("-inf")
+    return scores.argmax(dim=1)
+
 
 def mlp(cin: int, hidden: int, cout: int) -> nn.Sequential:
     """Linear -> LayerNorm -> ReLU -> Linear."""

@@ -24,7 +24,7 @@ from xkd_core.data.collate import Batch, ImageBatch
 from xkd_core.geometry.voxelize import scatter_mean, voxelize
 from xkd_core.losses import cross_entropy, info_nce, kd_kl_log_probs, lovasz_softmax, mean_distribution
 from xkd_core.models.camera_branch import CameraBranch, sample_at_pixels
-from xkd_core.models.heads import FusionHead, PointHead, ProjectionHead
+from xkd_core.models.heads import FusionHead, PointHead, ProjectionHead, labels_from_logits
 from xkd_core.models.kd_arbiter import KDArbiter
 from xkd_core.models.model_config import ArchitectureConfig, DistillationConfig, LossConfig, ModelConfig
 from xkd_core.models.sparse_backend import get_spconv
@@ -257,11 +257,8 @@ class XModelKD(nn.Module):
         """(N,) bool, the paired points the KL keeps (`distillation.kd_arbiter`): every labeled one, and
         the unlabeled ones whose (student, teacher) class pair the teacher wins; a training step first
         counts its labeled points into the table."""
-        s = student.detach().clone()
-        s[:, self.cfg.ignore_index] = float("-inf")
-        t = teacher.detach().clone()
-        t[:, self.cfg.ignore_index] = float("-inf")
-        s, t = s.argmax(1), t.argmax(1)
+        s = labels_from_logits(student, self.cfg.ignore_index)
+        t = labels_from_logits(teacher, self.cfg.ignore_index)
         if self.training:
             self.kd_arbiter.update(s, t, labels)
         return (labels != self.cfg.ignore_index) | self.kd_arbiter.teacher_wins(s, t)

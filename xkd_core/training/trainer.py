@@ -26,10 +26,11 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from xkd_core.classes import CLASS_NAMES, IGNORE_INDEX
+from xkd_core.classes import CLASS_NAMES
 from xkd_core.config import to_dict
 from xkd_core.evaluation.metrics import ConfusionMatrix
 from xkd_core.models.checkpoint import InputConvention, load_checkpoint, save_checkpoint
+from xkd_core.models.heads import labels_from_logits
 from xkd_core.models.xmodel_kd import XModelKD
 from xkd_core.training import data as tdata
 from xkd_core.training.config import DataConfig, TrainConfig, train_config_from_dict
@@ -62,13 +63,6 @@ def input_convention(data: DataConfig) -> InputConvention:
     intensity stays 0.0: training never shows the model one.
     """
     return InputConvention(intensity_max=1.0, intensity_fill=0.0, source=f"{data.source}: reflectance 0..1")
-
-
-def labels_from_logits(logits: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
-    """Learning ids from (N, C) logits; the ignore class is never predicted (as in `Segmenter`)."""
-    scores = logits.float().clone()
-    scores[:, ignore_index] = float("-inf")
-    return scores.argmax(dim=1)
 
 
 def adopt_init_architecture(cfg: TrainConfig) -> TrainConfig:
