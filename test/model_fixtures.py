@@ -11,6 +11,9 @@ from xkd_core.config import from_dict
 from xkd_core.data.frame import CameraView, Frame
 from xkd_core.models.model_config import ModelConfig, migrate_model_dict
 
+#: The network image size of the tiny model tests.
+HW = (32, 64)
+
 #: LiDAR (x forward, y left, z up) -> camera (x right, y down, z forward).
 LIDAR_TO_CAM = np.array([[0.0, -1.0, 0.0, 0.0], [0.0, 0.0, -1.0, 0.0], [1.0, 0.0, 0.0, 0.0],
                          [0.0, 0.0, 0.0, 1.0]])
@@ -70,3 +73,15 @@ def flat_layout_checkpoint(path: Path) -> Path:
     model = XModelKD(from_dict(ModelConfig, migrate_model_dict(stored["config"]["model"])))
     torch.save({**stored, "model": model.state_dict()}, path)
     return path
+
+
+def paired_batch(seed: int, hw: tuple[int, int] = HW, use_camera: bool = True):
+    """A collated batch of two random frames. Sample 0: two overlapping cameras (multi-view); sample 1:
+    one camera looking backwards."""
+    from xkd_core.data.collate import collate, prepare_sample
+
+    rng = np.random.default_rng(seed)
+    frames = [random_frame(rng, 1500, [camera(rng, (40, 80), 0.0, "a"), camera(rng, (40, 80), 40.0, "b")]),
+              random_frame(rng, 1200, [camera(rng, (40, 80), 180.0, "c")])]
+    return collate([prepare_sample(f, train=False, rng=None, point_aug=None, image_aug=None, image_hw=hw,
+                                   use_camera=use_camera) for f in frames])

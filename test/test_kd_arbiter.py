@@ -4,30 +4,18 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
 import pytest
 import torch
-from model_fixtures import camera, random_frame, tiny_config
+from model_fixtures import paired_batch, tiny_config
 
-from xkd_core.data.collate import collate, prepare_sample
 from xkd_core.losses import kd_kl
 from xkd_core.models.kd_arbiter import DECAY, KDArbiter
 from xkd_core.models.xmodel_kd import XModelKD
-
-HW = (32, 64)
 
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
-
-
-def _batch(seed: int):
-    rng = np.random.default_rng(seed)
-    frames = [random_frame(rng, 1500, [camera(rng, (40, 80), 0.0, "a"), camera(rng, (40, 80), 40.0, "b")]),
-              random_frame(rng, 1200, [camera(rng, (40, 80), 180.0, "c")])]
-    return collate([prepare_sample(f, train=False, rng=None, point_aug=None, image_aug=None, image_hw=HW,
-                                   use_camera=True) for f in frames])
 
 
 def test_the_table_counts_labeled_points_and_gives_each_pair_to_the_class_the_labels_saw_more():
@@ -47,7 +35,7 @@ def test_the_table_counts_labeled_points_and_gives_each_pair_to_the_class_the_la
 
 
 def test_the_kl_leaves_out_unlabeled_points_whose_pair_the_student_wins_and_keeps_labeled_ones():
-    batch = _batch(11)
+    batch = paired_batch(11)
     labels = batch.labels.clone()
     labels[1::2] = 0  # every other point unlabeled
     batch = dataclasses.replace(batch, labels=labels)
@@ -81,7 +69,7 @@ def test_the_kl_leaves_out_unlabeled_points_whose_pair_the_student_wins_and_keep
 
 
 def test_an_empty_table_is_the_plain_kl_and_checkpoints_do_not_carry_it():
-    batch = _batch(12)
+    batch = paired_batch(12)
     batch = dataclasses.replace(batch, labels=torch.zeros_like(batch.labels))  # a log: nothing labeled
     kd = {}
     for on in (False, True):

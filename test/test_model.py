@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from model_fixtures import camera, random_frame, tiny_config
+from model_fixtures import HW, paired_batch, tiny_config
 
 from xkd_core.config import ConfigError, from_dict, to_dict
-from xkd_core.data.collate import ImageBatch, collate, prepare_sample
+from xkd_core.data.collate import ImageBatch
 from xkd_core.geometry.voxelize import voxelize
 from xkd_core.losses import info_nce, kd_kl
 from xkd_core.models.camera_branch import CameraBranch, build_encoder, sample_at_pixels
@@ -19,22 +19,10 @@ from xkd_core.models.model_config import REMOVED, migrate_model_dict
 from xkd_core.models.sparse_unet import SparseUNet, point_rows_at_level
 from xkd_core.models.xmodel_kd import ModelConfig, XModelKD
 
-HW = (32, 64)
-
 
 @pytest.fixture(autouse=True)
 def _one_thread():
     torch.set_num_threads(1)
-
-
-def _batch(seed: int, use_camera: bool = True):
-    """Sample 0: two overlapping cameras (multi-view); sample 1: one camera looking backwards."""
-    rng = np.random.default_rng(seed)
-    frames = [random_frame(rng, 1500, [camera(rng, (40, 80), 0.0, "a"), camera(rng, (40, 80), 40.0, "b")]),
-              random_frame(rng, 1200, [camera(rng, (40, 80), 180.0, "c")])]
-    samples = [prepare_sample(f, train=False, rng=None, point_aug=None, image_aug=None, image_hw=HW,
-                              use_camera=use_camera) for f in frames]
-    return collate(samples)
 
 
 def _assert_all_grads_finite(model: torch.nn.Module):
@@ -49,7 +37,7 @@ def test_baseline_builds_no_camera_module_and_trains():
     model = XModelKD(tiny_config(use_camera=False)).train()
     assert model.image_net is None
     assert not any(k.startswith(("image_net", "proj_", "fusion_head")) for k in model.state_dict())
-    batch = _batch(0, use_camera=False)
+    batch = paired_batch(0, use_camera=False)
     out = model(batch)
     assert out["logits_3d"].shape == (2700, 20) and torch.isfinite(out["logits_3d"]).all()
     assert "logits_2d" not in out
@@ -63,7 +51,7 @@ def test_xmodel_kd_forward_shapes_and_gradients_of_every_module():
     torch.manual_seed(0)
     cfg = tiny_config()
     model = XModelKD(cfg).train()
-    batch = _batch(1)
+    batch = paired_batch(1)
     out = model(batch)
     n, m = len(batch.points), len(batch.pair_point)
     assert out["logits_3d"].shape == (n, 20)
@@ -90,7 +78,7 @@ def test_xmodel_kd_forward_shapes_and_gradients_of_every_module():
 def test_multi_view_points_are_fused_once_and_unpaired_points_still_predicted():
     torch.manual_seed(0)
     model = XModelKD(tiny_config()).eval()
-    batch = _batch(2)
+    batch = paired_batch(2)
     pp = batch.pair_point
     views_per_point = torch.bincount(pp, minlength=len(batch.points))
     assert (views_per_point == 2).any(), "the two overlapping cameras should share points"
@@ -111,7 +99,7 @@ def test_multi_view_points_are_fused_once_and_unpaired_points_still_predicted():
 def test_in_eval_the_kept_pairs_are_deterministic_and_bounded():
     torch.manual_seed(0)
     model = XModelKD(tiny_config(max_pairs=64)).eval()
-    batch = _batch(3)
+    batch = paired_batch(3)
     with torch.inference_mode():
         a, b = model(batch)["nce_pairs"], model(batch)["nce_pairs"]
     assert len(a) == 64 and torch.equal(a, b)
@@ -120,7 +108,7 @@ def test_in_eval_the_kept_pairs_are_deterministic_and_bounded():
 def test_kd_moves_only_the_student_and_2d_teacher_works():
     torch.manual_seed(0)
     model = XModelKD(tiny_config(kd_teacher="2d")).train()
-    batch = _batch(4)
+    batch = paired_batch(4)
     losses = model.loss(model(batch), batch)
     assert torch.isfinite(losses["kd"]) and losses["kd"].item() > 0
     losses["kd"].backward()
@@ -131,7 +119,7 @@ def test_kd_moves_only_the_student_and_2d_teacher_works():
 
 def test_fused_head_can_be_kept_off_the_3d_features():
     torch.manual_seed(0)
-    batch = _batch(6)
+    batch = paired_batch(6)
     grads = {}
     for detach in (False, True):
         torch.manual_seed(0)
@@ -144,7 +132,7 @@ def test_fused_head_can_be_kept_off_the_3d_features():
 
 
 def test_kd_averaged_over_all_points_weighs_each_point_like_the_cross_entropy():
-    batch = _batch(7)
+    batch = paired_batch(7)
     terms = {}
     for average in ("paired", "all"):
         torch.manual_seed(0)
@@ -264,7 +252,7 @@ def test_2d_cross_entropy_uses_the_camera_labels_when_the_batch_has_them():
     pixels and classes it equals the default CE, and other classes change only that term."""
     torch.manual_seed(0)
     model = XModelKD(tiny_config()).train()
-    batch = _batch(3)
+    batch = paired_batch(3)
     out = model(batch)
     base = model.loss(out, batch)
     own = dataclasses.replace(batch, label_image=batch.pair_image, label_uv=batch.pair_uv,
@@ -297,7 +285,7 @@ def test_a_frozen_camera_branch_only_teaches():
     assert model.camera_frozen and not model.image_net.training and model.unet.training
     assert not any(p.requires_grad for p in model.image_net.parameters())
     stats = {k: v.clone() for k, v in model.image_net.state_dict().items()}
-    batch = _batch(8)
+    batch = paired_batch(8)
     out = model(batch)
     assert not out["logits_2d"].requires_grad
     losses = model.loss(out, batch)
@@ -316,7 +304,7 @@ def test_a_frozen_camera_branch_only_teaches():
 def test_the_2d_teacher_of_a_point_seen_twice_is_the_mean_of_both_distributions():
     torch.manual_seed(0)
     model = XModelKD(tiny_config(kd_teacher="2d", kd_average="paired")).train()
-    batch = _batch(2)
+    batch = paired_batch(2)
     out = model(batch)
     kd = model.loss(out, batch)["kd"]
     T = model.cfg.distillation.kd_T
@@ -339,7 +327,7 @@ def test_pairs_on_one_voxel_are_not_each_others_negatives():
     InfoNCE leaves them out of each other's denominators (the other views of a point among them)."""
     torch.manual_seed(0)
     model = XModelKD(tiny_config(wc=1.0, max_pairs=4096)).eval()
-    batch = _batch(5)
+    batch = paired_batch(5)
     with torch.no_grad():
         out = model(batch)
         got = model.loss(out, batch)["contrastive"]
@@ -358,7 +346,7 @@ def test_pairs_on_one_voxel_are_not_each_others_negatives():
 def test_a_batch_without_labels_trains_through_the_camera_terms_alone():
     torch.manual_seed(0)
     model = XModelKD(tiny_config(kd_teacher="2d")).train()
-    batch = _batch(9)
+    batch = paired_batch(9)
     for unlabeled in (dataclasses.replace(batch, labels=None),
                       dataclasses.replace(batch, labels=torch.zeros_like(batch.labels))):
         model.zero_grad(set_to_none=True)
@@ -374,7 +362,7 @@ def test_a_batch_without_labels_trains_through_the_camera_terms_alone():
 def test_without_infonce_weight_training_skips_the_embeddings():
     torch.manual_seed(0)
     model = XModelKD(tiny_config(wc=0.0)).train()
-    batch = _batch(1)
+    batch = paired_batch(1)
     assert "emb_3d" not in model(batch) and model.loss(model(batch), batch)["contrastive"].item() == 0.0
     with torch.no_grad():
         assert "emb_3d" in model.eval()(batch)  # evaluation still reports them
