@@ -515,3 +515,39 @@ def test_cuda_without_a_gpu_is_refused() -> None:
     assert resolve_device("auto").type == "cpu" and resolve_device("cpu").type == "cpu"
     with pytest.raises(ConfigError, match="'cuda' requested but no CUDA GPU"):
         resolve_device("cuda")
+
+
+def test_an_executor_error_after_shutdown_is_a_stop_not_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGINT can shut the context down while `rclpy.spin` builds its wait set; rclpy then raises RCLError
+    ("the given context is not valid"), seen as `executor failed` and exit status 1 on a clean stop. An
+    error raised while the context is still valid stays a failure."""
+    import rclpy
+    from rclpy.context import Context
+
+    from xkd_ros import segment_node
+
+    class FakeNode:
+        def __init__(self, context: Context) -> None:
+            self.context, self.executor_failed, self.stopped = context, False, False
+
+        def stop(self) -> None:
+            self.stopped = True
+
+        def get_logger(self):
+            return type("Logger", (), {"fatal": lambda self, msg: None})()
+
+    def raising(_node) -> None:
+        raise RuntimeError("failed to initialize wait set: the given context is not valid")
+
+    monkeypatch.setattr(segment_node.rclpy, "spin", raising)
+    for shut_down in (True, False):
+        context = Context()
+        rclpy.init(context=context)
+        try:
+            if shut_down:
+                rclpy.shutdown(context=context)
+            node = FakeNode(context)
+            segment_node.spin(node)
+            assert node.stopped and node.executor_failed is (not shut_down)
+        finally:
+            rclpy.try_shutdown(context=context)

@@ -393,6 +393,10 @@ def spin(node: SegmentNode) -> None:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     except Exception as exc:  # noqa: BLE001 - reported, then the node stops instead of hanging
+        if not node.context.ok():
+            # SIGINT/SIGTERM shut the context down while the executor was building its wait set (rclpy
+            # then raises RCLError "context is not valid", not ExternalShutdownException): a stop
+            return
         node.executor_failed = True
         node.get_logger().fatal(f"executor failed: {type(exc).__name__}: {exc}")
     finally:
