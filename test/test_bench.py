@@ -162,9 +162,24 @@ def test_xmodel_kd_table_and_machine_lines_come_from_the_stage_runners_results(t
     assert "| parking +12.0 |" in row and row.endswith("| 0.40 / 0.60 |")
     assert "pixel mIoU 59.7 on held-out rendered images (step 2000)" in text and "63.0 (01)" in text
     summary = report.section_xmodel_kd_summary(tmp_path)
-    assert f"| 1 % of points labeled | 3 | 36.0 | 40.0 | **+2.0 ± {se:.1f}** / **+6.0 ± 0.6** |" in summary
-    assert "| dense labels | 3 | 60.0 | 60.0 | **+0.0 ± 0.6** |" in summary
+    assert (f"| 1 % of points labeled | 2400 | 3 | 36.0 | 40.0 | **+2.0 ± {se:.1f}** / **+6.0 ± 0.6** |"
+            in summary)
+    assert "| dense labels | 2400 | 3 | 60.0 | 60.0 | **+0.0 ± 0.6** |" in summary
     assert "No measured rows yet" in report.section_xmodel_kd(tmp_path / "nowhere")
+    # the same regime trained longer in a second file: both rows in the table, the longer one quoted
+    longer = {"steps": 4800,
+              "regimes": {"labels0.01": {"01": _stage_table([50.0, 50.0, 50.0], [51.0, 52.0, 53.0])}}}
+    (tmp_path / "longer.json").write_text(json.dumps(longer))
+    manifest["files"].append(str(tmp_path / "longer.json"))
+    (tmp_path / report.XMODEL_KD).write_text(json.dumps(manifest))
+    text = report.section_xmodel_kd(tmp_path)
+    assert sorted(line for line in text.splitlines() if line.startswith("<!-- kd labels=")) == [
+        "<!-- kd labels=0.01 baseline=50.0 xmodel_kd=52.0 seeds=3 -->",
+        "<!-- kd labels=1 baseline=60.0 xmodel_kd=60.0 seeds=3 -->"]
+    assert sum(line.startswith("| 1 % of points labeled") for line in text.splitlines()) == 2
+    summary = report.section_xmodel_kd_summary(tmp_path)
+    assert "| 1 % of points labeled | 4800 | 3 | 50.0 | 52.0 | **+2.0 ± 0.6** |" in summary
+    assert "| 1 % of points labeled | 2400 |" not in summary
 
 
 def test_the_fleet_loop_table_comes_from_the_loops_results(tmp_path):
