@@ -80,39 +80,3 @@ def test_an_empty_table_is_the_plain_kl_and_checkpoints_do_not_carry_it():
     assert not any("kd_arbiter" in k for k in model.state_dict())
     plain = XModelKD(tiny_config()).state_dict()
     model.load_state_dict(plain, strict=True)  # a checkpoint of a run without the arbiter loads unchanged
-
-
-def test_an_unsure_teacher_does_not_teach_unlabeled_points_and_labeled_ones_keep_the_kl():
-    """`kd_min_teacher_prob` (the same mask as the arbiter's): an unlabeled point is distilled only where
-    the teacher's tempered distribution gives its own class at least that probability."""
-    batch = paired_batch(13)
-    labels = batch.labels.clone()
-    labels[1::2] = 0
-    batch = dataclasses.replace(batch, labels=labels)
-    torch.manual_seed(0)
-    model = XModelKD(tiny_config(kd_min_teacher_prob=0.5, kd_average="all")).eval()
-    T = model.cfg.distillation.kd_T
-    out = model(batch)
-    fused = out["fused_point"]
-    n = fused.shape[0]
-    teacher = torch.zeros_like(out["logits_fused"])  # uniform over 20 classes: 0.05, unsure
-    teacher[: n // 2, 3] = 20.0 * T  # sure of class 3 (probability ~1 at temperature T)
-    out["logits_fused"] = teacher
-    sure = torch.arange(n) < n // 2
-    keep = (labels[fused] != 0) | sure
-    assert (~keep).any() and (keep & ~sure).any()  # unsure points dropped, unsure labeled ones kept
-    kd = model.loss(out, batch)["kd"]
-    want = kd_kl(out["logits_3d"][fused][keep], teacher[keep], T)
-    torch.testing.assert_close(kd, want * keep.sum() / labels.shape[0])
-    # off (0): every paired point
-    model.cfg.distillation.kd_min_teacher_prob = 0.0
-    torch.testing.assert_close(model.loss(out, batch)["kd"], kd_kl(out["logits_3d"][fused], teacher, T) * n
-                               / labels.shape[0])
-
-
-def test_the_teacher_probability_floor_must_be_a_probability_below_one():
-    from xkd_core.config import ConfigError
-
-    for bad in (-0.1, 1.0):
-        with pytest.raises(ConfigError, match="kd_min_teacher_prob"):
-            tiny_config(kd_min_teacher_prob=bad)

@@ -5,8 +5,7 @@ flat layout that earlier configs and checkpoints hold.
       use_camera: true                  # false: the LiDAR-only baseline (no camera module is built)
       architecture: {voxel_size, unet_channels, ..., image_backbone, image_pretrained, ...}
       losses: {w_lovasz, w2d, w_fused, wc, tau, max_pairs, fused_detach_3d}
-      distillation: {wkd, kd_T, kd_teacher, kd_average, freeze_camera, kd_arbiter,
-                     kd_min_teacher_prob}
+      distillation: {wkd, kd_T, kd_teacher, kd_average, freeze_camera, kd_arbiter}
 
 Checkpoints embed the model config, and those written before the sections hold every key at the top
 level (`model.wkd`): `migrate_model_dict` moves such keys into their section, so an old checkpoint,
@@ -127,15 +126,9 @@ class DistillationConfig:
     #: (`xkd_core.models.kd_arbiter`): the teacher's own confusions are not taught. Needs labeled
     #: paired points in the batches (the fleet fine-tune's `data.mix`).
     kd_arbiter: bool = False
-    #: An unlabeled paired point is distilled only if the teacher's distribution (tempered, as the KL
-    #: uses it) gives its own class at least this probability: on a new sensor the teacher is unsure
-    #: where it is wrong, and a table counted on labeled data cannot see that. 0: off.
-    kd_min_teacher_prob: float = 0.0
 
     def __post_init__(self) -> None:
         _need(self.wkd >= 0, f"wkd must be >= 0, got {self.wkd}")
-        _need(0 <= self.kd_min_teacher_prob < 1,
-              f"kd_min_teacher_prob must be in [0, 1), got {self.kd_min_teacher_prob}")
         _need(self.kd_T > 0, f"kd_T must be > 0, got {self.kd_T}")
         _need(self.kd_teacher in ("fused", "2d"),
               f"kd_teacher must be 'fused' or '2d', got {self.kd_teacher!r}")

@@ -14,7 +14,6 @@ re-exported here.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -240,8 +239,8 @@ class XModelKD(nn.Module):
             else:  # every view that sees the point: the mean of their distributions
                 teacher = mean_distribution(logits_2d_pairs, pair_index, fused_point.shape[0], kd.kd_T)
             student = logits_3d[fused_point]
-            keep = self._kd_keep(student, teacher, labels[fused_point])
-            if keep is not None:
+            if self.kd_arbiter is not None:
+                keep = self._arbitrate(student, teacher, labels[fused_point])
                 student, teacher = student[keep], teacher[keep]
             kl = kd_kl_log_probs(student, teacher, kd.kd_T)
             denominator = logits_3d.shape[0] if kd.kd_average == "all" else fused_point.shape[0]
@@ -253,20 +252,6 @@ class XModelKD(nn.Module):
         total = total + terms["ce_3d"] + losses.w_lovasz * terms["lovasz_3d"]
         terms["total"] = total
         return terms
-
-    def _kd_keep(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor | None:
-        """(N,) bool, the paired points the KL keeps under `kd_arbiter` and `kd_min_teacher_prob` (labeled
-        points always), or None when neither is on. `teacher`: (N, C) log-probabilities."""
-        keep = None
-        if self.kd_arbiter is not None:
-            keep = self._arbitrate(student, teacher, labels)
-        floor = self.cfg.distillation.kd_min_teacher_prob
-        if floor > 0:
-            t = labels_from_logits(teacher, self.cfg.ignore_index)
-            own = teacher.gather(1, t[:, None])[:, 0]  # log-probability of the teacher's class
-            sure = (labels != self.cfg.ignore_index) | (own >= math.log(floor))
-            keep = sure if keep is None else keep & sure
-        return keep
 
     def _arbitrate(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor:
         """(N,) bool, the paired points the KL keeps (`distillation.kd_arbiter`): every labeled one, and
