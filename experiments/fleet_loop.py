@@ -173,7 +173,7 @@ def synth_jobs(args: argparse.Namespace) -> list[tuple[Path, str, int, int, list
     if trains_teacher and stages & {"teacher"}:
         jobs += [(teacher_root(args), s, args.teacher_scans, TEACHER_SEED, []) for s in TEACHER_TRAIN]
         jobs.append((teacher_root(args), TEACHER_VAL, args.teacher_val_scans, TEACHER_SEED, []))
-    if (args.deployed is None and "deploy" in stages) or (args.mix_per_batch and "finetune" in stages):
+    if (args.deployed is None and "deploy" in stages) or (args.mix_per_batch != 0 and "finetune" in stages):
         jobs.append((world_root(args), A_TRAIN, args.a_train_scans, A_SEED, []))
     if stages & {"export", "eval"}:
         jobs.append((world_root(args), A_VAL, args.a_val_scans, A_SEED, []))
@@ -273,9 +273,10 @@ def finetune_dir(args: argparse.Namespace, seed: int) -> Path:
 
 def finetune_cmd(args: argparse.Namespace, seed: int) -> list[str]:
     mix = []
-    if args.mix_per_batch:
-        mix = [f"data.mix.root={world_root(args)}", f"data.mix.sequences=[{A_TRAIN}]",
-               f"data.mix.per_batch={args.mix_per_batch}"]
+    if args.mix_per_batch != 0:
+        mix = [f"data.mix.root={world_root(args)}", f"data.mix.sequences=[{A_TRAIN}]"]
+        if args.mix_per_batch is not None:
+            mix.append(f"data.mix.per_batch={args.mix_per_batch}")
     return [str(BIN / "xkd-train"), "--config", str(CONFIGS / "fleet_finetune.yaml"), "--preset", PRESET,
             *sets(f"data.root={pair_dir(args, seed)}", f"init_checkpoint={deployed(args, seed)}",
                   f"seed={seed}", *mix, *args.finetune_set),
@@ -396,9 +397,14 @@ def collect(args: argparse.Namespace) -> dict:
         rows = read_log(finetune_dir(args, seed) / "log.jsonl")
         row["finetune_s_per_step"] = seconds_per_step(rows)
         config = finetune_dir(args, seed) / "config.yaml"  # what the fine-tune ran with (the KL's settings)
-        row["finetune_distillation"] = (yaml.safe_load(config.read_text())["model"]["distillation"]
-                                        if config.is_file() else None)
+        ran = yaml.safe_load(config.read_text()) if config.is_file() else None
+        row["finetune_distillation"] = None if ran is None else ran["model"]["distillation"]
+        row["finetune_mix_per_batch"] = None if ran is None else (
+            ran["data"]["mix"]["per_batch"] if ran["data"]["mix"]["root"] else 0)
         out["per_seed"][str(seed)] = row
+    ran_mix = {r["finetune_mix_per_batch"] for r in out["per_seed"].values()} - {None}
+    if len(ran_mix) == 1:  # what the fine-tunes ran with (the config's value unless --mix-per-batch)
+        out["mix_per_batch"] = ran_mix.pop()
     for world in WORLDS:
         done = [r for r in out["per_seed"].values() if f"before_{world}" in r and f"after_{world}" in r]
         if not done:
@@ -495,9 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--deploy-set", action="append", default=[], metavar="KEY=VALUE",
                    help="xkd-train --set for the deployed models trained here")
     t.add_argument("--finetune-steps", type=int, default=300)
-    t.add_argument("--mix-per-batch", type=int, default=2,
+    t.add_argument("--mix-per-batch", type=int, default=None,
                    help="labeled scans of A's training sequence in every fine-tune batch, beside the two "
-                        "logged ones (0: the log alone; 2 kept A better than 1 on every seed: results.md)")
+                        "logged ones (default: fleet_finetune.yaml's, 4; 0: the log alone)")
     t.add_argument("--finetune-set", action="append", default=[], metavar="KEY=VALUE",
                    help="xkd-train --set for the fine-tune")
     t.add_argument("--ckpt-every", type=int, default=100, help="last.pt interval (resume point)")

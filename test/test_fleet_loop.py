@@ -56,8 +56,11 @@ def test_the_fine_tune_command_starts_from_the_deployed_model_on_its_log(tmp_pat
     assert cmd[cmd.index("--config") + 1].endswith("fleet_finetune.yaml")
     sets = [cmd[i + 1] for i, a in enumerate(cmd) if a == "--set"]
     assert {f"data.root={tmp_path / 'runs' / 'seed3' / 'pairs'}", "init_checkpoint=models/dep3.pt", "seed=3",
-            f"data.mix.root={tmp_path / 'data' / 'world'}", "data.mix.sequences=[00]", "data.mix.per_batch=2",
+            f"data.mix.root={tmp_path / 'data' / 'world'}", "data.mix.sequences=[00]",
             "optim.steps=7", "data.max_points=100"} <= set(sets)
+    assert not any(a.startswith("data.mix.per_batch") for a in sets)  # the config's (4)
+    three = loop.finetune_cmd(args_for(tmp_path, "--mix-per-batch", "3"), 0)
+    assert "data.mix.per_batch=3" in three
     no_mix = loop.finetune_cmd(args_for(tmp_path, "--mix-per-batch", "0"), 0)
     assert not any(a.startswith("data.mix") for a in no_mix)
     # a given deployed model: no teacher world, no A training scans unless mixed
@@ -111,11 +114,12 @@ def test_the_loop_end_to_end_on_tiny_worlds(tmp_path: Path) -> None:
     data = ckpt["train_config"]["data"]
     assert data["source"] == "pairlog" and Path(data["root"]) == runs / "pairs"
     assert Path(data["mix"]["root"]) == tmp_path / "data" / "world"
+    assert data["mix"]["per_batch"] == 4 and row["finetune_mix_per_batch"] == 4  # the preset's
     assert ckpt["train_config"]["init_checkpoint"] == str(deployed)
     kl = ckpt["train_config"]["model"]["distillation"]
     assert kl["kd_arbiter"] and row["finetune_distillation"] == kl  # the config's default: A's labels count
     heading = next(line for line in proc.stdout.splitlines() if line.startswith("### Fleet loop"))
-    assert "kd_arbiter" in heading
+    assert "kd_arbiter" in heading and "4 labeled A scan(s) per batch" in heading
     history = [json.loads(line) for line in (runs / "finetune" / "log.jsonl").read_text().splitlines()]
     assert all(h["loss/kd"] > 0 for h in history if "loss/kd" in h)
 
