@@ -81,6 +81,10 @@ METHODS: dict[str, Method] = {
     "kd_imagenet": Method("xmodel_kd", ("model.distillation.freeze_camera=false", "init_checkpoint=null",
                                         "init_modules=null"),
                           what="no 2D-label stage: camera from ImageNet, trained on the projected 3D labels"),
+    "kd_unlabeled": Method("xmodel_kd", ("model.distillation.kd_labeled=none",), teacher=True,
+                           what="the KL only on points without a label"),
+    "kd_agreeing": Method("xmodel_kd", ("model.distillation.kd_labeled=agreeing",), teacher=True,
+                          what="the KL on unlabeled points and on labeled ones where the teacher agrees"),
     "kd_front": Method("xmodel_kd", ("data.cameras=[CAM_FRONT]",), teacher=True,
                        what="the KL from the front camera only"),
 }

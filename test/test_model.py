@@ -15,6 +15,7 @@ from xkd_core.data.collate import ImageBatch
 from xkd_core.geometry.voxelize import voxelize
 from xkd_core.losses import info_nce, kd_kl
 from xkd_core.models.camera_branch import CameraBranch, build_encoder, sample_at_pixels
+from xkd_core.models.heads import labels_from_logits
 from xkd_core.models.model_config import REMOVED, migrate_model_dict
 from xkd_core.models.sparse_unet import SparseUNet, point_rows_at_level
 from xkd_core.models.xmodel_kd import ModelConfig, XModelKD
@@ -146,6 +147,33 @@ def test_kd_averaged_over_all_points_weighs_each_point_like_the_cross_entropy():
     teacher = out["logits_fused"].detach()
     want = kd_kl(out["logits_3d"][out["fused_point"]], teacher, model.cfg.distillation.kd_T)
     torch.testing.assert_close(terms["all"], want * paired / total)
+
+
+def test_kd_labeled_picks_the_labeled_points_the_kl_reaches():
+    batch = paired_batch(7)
+    labels = batch.labels.clone()
+    labels[1::3] = 0  # a third of the points unlabeled
+    batch = dataclasses.replace(batch, labels=labels)
+    torch.manual_seed(0)
+    model = XModelKD(tiny_config(kd_average="all")).eval()
+    out = model(batch)
+    fused, total = out["fused_point"], batch.points.shape[0]
+    student, teacher = out["logits_3d"][fused], out["logits_fused"].detach()
+    T = model.cfg.distillation.kd_T
+    unlabeled = labels[fused] == 0
+    agreeing = labels_from_logits(teacher) == labels[fused]
+    assert unlabeled.any() and (~unlabeled).any() and (agreeing & ~unlabeled).any()
+    for which, keep in (("all", torch.ones_like(unlabeled)), ("none", unlabeled),
+                        ("agreeing", unlabeled | agreeing)):
+        model.cfg.distillation.kd_labeled = which
+        kd = model.loss(out, batch)["kd"]
+        want = kd_kl(student[keep], teacher[keep], T) * keep.sum() / total
+        torch.testing.assert_close(kd, want)
+    # every point labeled and kd_labeled "none": no KL at all, the LiDAR branch learns as the baseline
+    dense = dataclasses.replace(batch, labels=batch.labels.clamp(min=1))
+    model.cfg.distillation.kd_labeled = "none"
+    terms = model.loss(model(dense), dense)
+    assert terms["kd"].item() == 0.0 and torch.isfinite(terms["total"])
 
 
 def test_sample_at_pixels_reads_the_right_place_in_every_image():

@@ -5,7 +5,7 @@ flat layout that earlier configs and checkpoints hold.
       use_camera: true                  # false: the LiDAR-only baseline (no camera module is built)
       architecture: {voxel_size, unet_channels, ..., image_backbone, image_pretrained, ...}
       losses: {w_lovasz, w2d, w_fused, wc, tau, max_pairs, fused_detach_3d}
-      distillation: {wkd, kd_T, kd_teacher, kd_average, freeze_camera, kd_arbiter}
+      distillation: {wkd, kd_T, kd_teacher, kd_average, freeze_camera, kd_arbiter, kd_labeled}
 
 Checkpoints embed the model config, and those written before the sections hold every key at the top
 level (`model.wkd`): `migrate_model_dict` moves such keys into their section, so an old checkpoint,
@@ -126,6 +126,10 @@ class DistillationConfig:
     #: (`xkd_core.models.kd_arbiter`): the teacher's own confusions are not taught. Needs labeled
     #: paired points in the batches (the fleet fine-tune's `data.mix`).
     kd_arbiter: bool = False
+    #: The labeled points the KL also reaches: "all"; "none" (the KL only where the label is missing:
+    #: where both teach, a wrong teacher pulls against a right label, and with every point labeled the
+    #: run is the baseline's); "agreeing" (a labeled point whose label is the teacher's class)
+    kd_labeled: Literal["all", "none", "agreeing"] = "all"
 
     def __post_init__(self) -> None:
         _need(self.wkd >= 0, f"wkd must be >= 0, got {self.wkd}")
@@ -134,6 +138,8 @@ class DistillationConfig:
               f"kd_teacher must be 'fused' or '2d', got {self.kd_teacher!r}")
         _need(self.kd_average in ("paired", "all"),
               f"kd_average must be 'paired' or 'all', got {self.kd_average!r}")
+        _need(self.kd_labeled in ("all", "none", "agreeing"),
+              f"kd_labeled must be 'all', 'none' or 'agreeing', got {self.kd_labeled!r}")
 
 
 @dataclass

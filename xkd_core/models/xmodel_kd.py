@@ -239,8 +239,8 @@ class XModelKD(nn.Module):
             else:  # every view that sees the point: the mean of their distributions
                 teacher = mean_distribution(logits_2d_pairs, pair_index, fused_point.shape[0], kd.kd_T)
             student = logits_3d[fused_point]
-            if self.kd_arbiter is not None:
-                keep = self._arbitrate(student, teacher, labels[fused_point])
+            keep = self._kd_points(student, teacher, labels[fused_point])
+            if keep is not None:
                 student, teacher = student[keep], teacher[keep]
             kl = kd_kl_log_probs(student, teacher, kd.kd_T)
             denominator = logits_3d.shape[0] if kd.kd_average == "all" else fused_point.shape[0]
@@ -252,6 +252,22 @@ class XModelKD(nn.Module):
         total = total + terms["ce_3d"] + losses.w_lovasz * terms["lovasz_3d"]
         terms["total"] = total
         return terms
+
+    def _kd_points(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor | None:
+        """(N,) bool, the paired points the KL reaches (None: every one): `distillation.kd_labeled`
+        on the labeled points, the arbiter's choice on the unlabeled ones."""
+        kd = self.cfg.distillation
+        keep = None
+        if kd.kd_labeled != "all":
+            unlabeled = labels == self.cfg.ignore_index
+            if kd.kd_labeled == "none":
+                keep = unlabeled
+            else:
+                keep = unlabeled | (labels_from_logits(teacher, self.cfg.ignore_index) == labels)
+        if self.kd_arbiter is not None:
+            arbiter = self._arbitrate(student, teacher, labels)
+            keep = arbiter if keep is None else keep & arbiter
+        return keep
 
     def _arbitrate(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor:
         """(N,) bool, the paired points the KL keeps (`distillation.kd_arbiter`): every labeled one, and
