@@ -28,8 +28,8 @@ the teacher in `RUNS/camera_teacher`):
   report    per regime and val world: mIoU per method and seed, paired differences to the baseline (mean,
             standard error, every seed's sign), per-class IoU of the classes that change, seconds per
             step, the teacher's pixel mIoU -> `--out` JSON and markdown on stdout.
-Methods (`METHODS`): the baseline; `kd`, the KL from the frozen 2D-trained teacher on every point a
-camera sees; `pre_kd`, contrastive pretraining then fine-tuning with the labels and that KL; `kd_nce`,
+Methods (`METHODS`): the baseline; `kd`, the KL from the frozen 2D-trained teacher on every unlabeled
+point a camera sees; `pre_kd`, contrastive pretraining then fine-tuning with the labels and that KL; `kd_nce`,
 the KL and InfoNCE jointly; `kd_imagenet`, no 2D-label stage (the camera branch from ImageNet, trained
 jointly on the projected 3D labels); `kd_front`, the front camera only. Regimes: `labelsF` (a fixed
 fraction F of every scan's points keeps its label), `scansK` (K fully labeled scans, the others
@@ -73,7 +73,7 @@ class Method:
 METHODS: dict[str, Method] = {
     "baseline": Method("baseline_lidar", what="the LiDAR-only baseline"),
     "kd": Method("xmodel_kd", teacher=True,
-                 what="KL from the frozen 2D-trained teacher on every point a camera sees"),
+                 what="KL from the frozen 2D-trained teacher on every unlabeled point a camera sees"),
     "pre_kd": Method("xmodel_kd", pretrain=True,
                      what="contrastive pretraining on unlabeled scans, then labels + the KL"),
     "kd_nce": Method("xmodel_kd", ("model.losses.wc=1.0", "model.losses.max_pairs=2048"), teacher=True,
@@ -81,10 +81,6 @@ METHODS: dict[str, Method] = {
     "kd_imagenet": Method("xmodel_kd", ("model.distillation.freeze_camera=false", "init_checkpoint=null",
                                         "init_modules=null"),
                           what="no 2D-label stage: camera from ImageNet, trained on the projected 3D labels"),
-    "kd_unlabeled": Method("xmodel_kd", ("model.distillation.kd_labeled=none",), teacher=True,
-                           what="the KL only on points without a label"),
-    "kd_agreeing": Method("xmodel_kd", ("model.distillation.kd_labeled=agreeing",), teacher=True,
-                          what="the KL on unlabeled points and on labeled ones where the teacher agrees"),
     "kd_front": Method("xmodel_kd", ("data.cameras=[CAM_FRONT]",), teacher=True,
                        what="the KL from the front camera only"),
 }

@@ -291,6 +291,11 @@ def test_the_surround_stages_share_one_network_and_the_baseline_its_3d_part() ->
     assert student.model.distillation.kd_teacher == "2d" and student.init_modules == ["image_net"]
     assert student.init_checkpoint == str(Path(cfgs["camera_teacher"].out_dir) / "last.pt")
     assert student.model.architecture.image_pretrained == "imagenet" and student.data.cameras == ["all"]
+    # the KL only where labels are missing; the fleet fine-tune on this preset keeps its measured "all"
+    assert student.model.distillation.kd_labeled == "none"
+    fleet = load_train_config(CONFIGS / "fleet_finetune.yaml", "synth_surround",
+                              ["init_checkpoint=deployed.pt"])
+    assert fleet.model.distillation.kd_labeled == "all"
     pre = cfgs["contrastive_pretrain"]
     assert pre.data.labeled_scans == 0 and pre.model.losses.wc > 0 and pre.model.distillation.wkd == 0
     for name in ("camera_teacher", "contrastive_pretrain"):

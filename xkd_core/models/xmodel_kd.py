@@ -256,14 +256,7 @@ class XModelKD(nn.Module):
     def _kd_points(self, student: Tensor, teacher: Tensor, labels: Tensor) -> Tensor | None:
         """(N,) bool, the paired points the KL reaches (None: every one): `distillation.kd_labeled`
         on the labeled points, the arbiter's choice on the unlabeled ones."""
-        kd = self.cfg.distillation
-        keep = None
-        if kd.kd_labeled != "all":
-            unlabeled = labels == self.cfg.ignore_index
-            if kd.kd_labeled == "none":
-                keep = unlabeled
-            else:
-                keep = unlabeled | (labels_from_logits(teacher, self.cfg.ignore_index) == labels)
+        keep = labels == self.cfg.ignore_index if self.cfg.distillation.kd_labeled == "none" else None
         if self.kd_arbiter is not None:
             arbiter = self._arbitrate(student, teacher, labels)
             keep = arbiter if keep is None else keep & arbiter
