@@ -376,6 +376,9 @@ def _xkd_rows(results: Path) -> tuple[dict | None, list[dict[str, Any]]]:
             if not diffs:
                 continue
             seeds = diffs[0][1]["seeds"]
+            # files written before the runner recorded each run's recipe measured the KL on every paired
+            # point (kd_labeled did not exist yet: "all")
+            distillation = next(iter(worlds.values()))["kd"].get("distillation") or {}
             rows.append({
                 "regime": regime, "steps": res["steps"], "seeds": len(seeds),
                 "baseline": statistics.fmean(base_full), "kd": statistics.fmean(kd_full),
@@ -385,6 +388,7 @@ def _xkd_rows(results: Path) -> tuple[dict | None, list[dict[str, Any]]]:
                                    if len(v) == len(diffs)), key=lambda cv: -abs(cv[1]))[:6],
                 "s_per_step": {m: statistics.fmean(v) if v else None for m, v in sps.items()},
                 "teacher": res.get("teacher"), "file": name,
+                "kd_labeled": distillation.get("kd_labeled", "all"),
             })
     return manifest, rows
 
@@ -411,9 +415,11 @@ def section_xmodel_kd(results: Path) -> str:
     if manifest is None or not rows:
         return f"_No measured rows yet (`bench/results/{XMODEL_KD}` lists the results files)._"
     table = _table(
-        ["regime", "steps", "seeds", "baseline", "xModel-KD", "gain, paired ± se (per val world)",
-         "seeds ahead", "classes that change (IoU points)", "s/step baseline / xModel-KD"],
-        [[_regime_text(r["regime"]), r["steps"], r["seeds"], _num(r["baseline"]), _num(r["kd"]),
+        ["regime", "KL on labeled points", "steps", "seeds", "baseline", "xModel-KD",
+         "gain, paired ± se (per val world)", "seeds ahead", "classes that change (IoU points)",
+         "s/step baseline / xModel-KD"],
+        [[_regime_text(r["regime"]), "yes" if r["kd_labeled"] == "all" else "no", r["steps"], r["seeds"],
+          _num(r["baseline"]), _num(r["kd"]),
           " / ".join(f"**{_gain(g)}** ({seq})" for seq, g in r["gains"]),
           " / ".join(f"{a}/{r['seeds']}" for a in r["ahead"]),
           ", ".join(f"{c} {v:+.1f}" for c, v in r["classes"]) or "-",

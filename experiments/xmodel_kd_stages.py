@@ -365,6 +365,18 @@ def teacher_summary(args: argparse.Namespace) -> dict | None:
             "s_per_step": seconds_per_step(rows), "points": points}
 
 
+def run_distillation(rd: Path) -> dict | None:
+    """The `model.distillation` section a run trained with (its config.yaml), so a results file says which
+    recipe it measured even after the preset changes; None without a camera or a config."""
+    import yaml
+
+    path = rd / "config.yaml"
+    if not path.is_file():
+        return None
+    model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+    return model.get("distillation") if model.get("use_camera") else None
+
+
 def collect(args: argparse.Namespace) -> dict:
     """Everything the report states, from the run folders; methods or seeds not evaluated yet are left out."""
     out: dict = {"steps": args.steps, "seeds": list(args.seeds), "gap": args.gap,
@@ -400,7 +412,8 @@ def collect(args: argparse.Namespace) -> dict:
                     fastest = [v for v in fastest if v is not None]
                     table[m] = {"seeds": seeds, "full": full, "frustum": frustum, "iou": iou,
                                 "s_per_step": statistics.fmean(sps) if sps else None,
-                                "s_per_step_fastest": min(fastest) if fastest else None}
+                                "s_per_step_fastest": min(fastest) if fastest else None,
+                                "distillation": run_distillation(run_dir(args, regime, m, seeds[0]))}
             base = table.get("baseline")
             for m, row in table.items():
                 if m != "baseline" and base is not None:

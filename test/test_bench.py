@@ -169,6 +169,7 @@ def test_xmodel_kd_table_and_machine_lines_come_from_the_stage_runners_results(t
     # the same regime trained longer in a second file: both rows in the table, the longer one quoted
     longer = {"steps": 4800,
               "regimes": {"labels0.01": {"01": _stage_table([50.0, 50.0, 50.0], [51.0, 52.0, 53.0])}}}
+    longer["regimes"]["labels0.01"]["01"]["kd"]["distillation"] = {"kd_labeled": "none"}  # as the run said
     (tmp_path / "longer.json").write_text(json.dumps(longer))
     manifest["files"].append(str(tmp_path / "longer.json"))
     (tmp_path / report.XMODEL_KD).write_text(json.dumps(manifest))
@@ -177,6 +178,9 @@ def test_xmodel_kd_table_and_machine_lines_come_from_the_stage_runners_results(t
         "<!-- kd labels=0.01 baseline=50.0 xmodel_kd=52.0 seeds=3 -->",
         "<!-- kd labels=1 baseline=60.0 xmodel_kd=60.0 seeds=3 -->"]
     assert sum(line.startswith("| 1 % of points labeled") for line in text.splitlines()) == 2
+    # which points the KL reached: a file without the runs' recipe predates kd_labeled (every point)
+    assert "| 1 % of points labeled | yes | 2400 |" in text
+    assert "| 1 % of points labeled | no | 4800 |" in text
     summary = report.section_xmodel_kd_summary(tmp_path)
     assert "| 1 % of points labeled | 4800 | 3 | 50.0 | 52.0 | **+2.0 ± 0.6** |" in summary
     assert "| 1 % of points labeled | 2400 |" not in summary

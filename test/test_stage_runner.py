@@ -9,6 +9,7 @@ import statistics
 from pathlib import Path
 
 import pytest
+import yaml
 from model_fixtures import tiny_config
 
 from experiments import xmodel_kd_stages as stages
@@ -139,6 +140,10 @@ def test_the_report_pairs_each_method_with_the_baseline_by_seed(tmp_path: Path) 
             ev = stages.eval_dir(rd, "01")
             ev.mkdir(parents=True)
             (ev / "metrics.json").write_text(json.dumps(_metrics(miou, iou)))
+            if seed == 0:  # the config a run writes: the report records the recipe it trained with
+                camera = method == "kd"
+                model = {"use_camera": camera, "distillation": {"wkd": 1.0, "kd_labeled": "none"}}
+                (rd / "config.yaml").write_text(yaml.safe_dump({"model": model}))
             (rd / "log.jsonl").write_text("".join(json.dumps({"step": s, "perf/s_per_step": v}) + "\n"
                                                   for s, v in ((10, 9.0), (20, 0.5), (30, 0.7))))
     stages.teacher_dir(args).mkdir(parents=True)
@@ -153,6 +158,8 @@ def test_the_report_pairs_each_method_with_the_baseline_by_seed(tmp_path: Path) 
     assert res["teacher"]["pixel_miou"] == pytest.approx(80.0)
     assert res["teacher"]["pixel_iou"] == pytest.approx({"road": 90.0, "parking": 70.0})
     row = res["regimes"]["labels0.01"]["01"]["kd"]
+    assert row["distillation"] == {"wkd": 1.0, "kd_labeled": "none"}
+    assert res["regimes"]["labels0.01"]["01"]["baseline"]["distillation"] is None
     vs = row["vs_baseline"]["full"]
     assert vs["diffs"] == pytest.approx([3.0, -1.0, 4.0]) and vs["signs"] == "+-+"
     assert vs["mean"] == pytest.approx(2.0)
