@@ -390,7 +390,10 @@ def _xkd_rows(results: Path) -> tuple[dict | None, list[dict[str, Any]]]:
                 "teacher": res.get("teacher"), "file": name,
                 "kd_labeled": distillation.get("kd_labeled", "all"),
             })
-    return manifest, rows
+    first = {}  # the rows of a regime together, in the order the manifest first names it
+    for r in rows:
+        first.setdefault(r["regime"], len(first))
+    return manifest, sorted(rows, key=lambda r: first[r["regime"]])
 
 
 def _longest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -433,7 +436,7 @@ def section_xmodel_kd(results: Path) -> str:
         tline = (f"\n\nThe camera teacher: pixel mIoU {_num(teacher['pixel_miou'])} on held-out rendered "
                  f"images (step {teacher['step']}); on the points of the val worlds, what its KL hands the "
                  f"LiDAR branch: {points or 'not scored'}.")
-    files = ", ".join(f"`{r['file']}`" for r in rows)
+    files = ", ".join(f"`{f}`" for f in dict.fromkeys(r["file"] for r in rows))
     return ("\n".join(lines) + f"\n\n{manifest['what']} Measured on {manifest['machine']}, "
             f"{manifest['date']}; results files: {files}.\n\n" + table + tline)
 
@@ -443,8 +446,10 @@ def section_xmodel_kd_summary(results: Path) -> str:
     manifest, rows = _xkd_rows(results)
     if manifest is None or not rows:
         return f"_No measured rows yet (`bench/results/{XMODEL_KD}`)._"
-    table = _table(["regime", "steps", "seeds", "baseline", "xModel-KD", "gain (paired ± se, per val world)"],
-                   [[_regime_text(r["regime"]), r["steps"], r["seeds"], _num(r["baseline"]), _num(r["kd"]),
+    table = _table(["regime", "KL on labeled points", "steps", "seeds", "baseline", "xModel-KD",
+                    "gain (paired ± se, per val world)"],
+                   [[_regime_text(r["regime"]), "yes" if r["kd_labeled"] == "all" else "no", r["steps"],
+                     r["seeds"], _num(r["baseline"]), _num(r["kd"]),
                      " / ".join(f"**{_gain(g)}**" for _, g in r["gains"])] for r in _longest(rows)])
     return (f"mIoU of the LiDAR branch alone, full scan, on two synthetic worlds never trained on; "
             f"{manifest['machine']}, {manifest['date']}; set-up and per-class figures: "

@@ -161,10 +161,11 @@ def test_xmodel_kd_table_and_machine_lines_come_from_the_stage_runners_results(t
     assert f"| **+2.0 ± {se:.1f}** (01) / **+6.0 ± 0.6** (02) | 2/3 / 3/3 |" in row
     assert "| parking +12.0 |" in row and row.endswith("| 0.40 / 0.60 |")
     assert "pixel mIoU 59.7 on held-out rendered images (step 2000)" in text and "63.0 (01)" in text
+    assert text.count(f"`{path}`") == 1  # a file of two regimes is named once
     summary = report.section_xmodel_kd_summary(tmp_path)
-    assert (f"| 1 % of points labeled | 2400 | 3 | 36.0 | 40.0 | **+2.0 ± {se:.1f}** / **+6.0 ± 0.6** |"
+    assert (f"| 1 % of points labeled | yes | 2400 | 3 | 36.0 | 40.0 | **+2.0 ± {se:.1f}** / **+6.0 ± 0.6** |"
             in summary)
-    assert "| dense labels | 2400 | 3 | 60.0 | 60.0 | **+0.0 ± 0.6** |" in summary
+    assert "| dense labels | yes | 2400 | 3 | 60.0 | 60.0 | **+0.0 ± 0.6** |" in summary
     assert "No measured rows yet" in report.section_xmodel_kd(tmp_path / "nowhere")
     # the same regime trained longer in a second file: both rows in the table, the longer one quoted
     longer = {"steps": 4800,
@@ -178,12 +179,14 @@ def test_xmodel_kd_table_and_machine_lines_come_from_the_stage_runners_results(t
         "<!-- kd labels=0.01 baseline=50.0 xmodel_kd=52.0 seeds=3 -->",
         "<!-- kd labels=1 baseline=60.0 xmodel_kd=60.0 seeds=3 -->"]
     assert sum(line.startswith("| 1 % of points labeled") for line in text.splitlines()) == 2
+    regimes = [line.split(" |")[0] for line in text.splitlines() if line.startswith(("| 1 %", "| dense"))]
+    assert regimes == ["| 1 % of points labeled"] * 2 + ["| dense labels"]  # a regime's rows together
     # which points the KL reached: a file without the runs' recipe predates kd_labeled (every point)
     assert "| 1 % of points labeled | yes | 2400 |" in text
     assert "| 1 % of points labeled | no | 4800 |" in text
     summary = report.section_xmodel_kd_summary(tmp_path)
-    assert "| 1 % of points labeled | 4800 | 3 | 50.0 | 52.0 | **+2.0 ± 0.6** |" in summary
-    assert "| 1 % of points labeled | 2400 |" not in summary
+    assert "| 1 % of points labeled | no | 4800 | 3 | 50.0 | 52.0 | **+2.0 ± 0.6** |" in summary
+    assert "| 1 % of points labeled | yes | 2400 |" not in summary
 
 
 def test_the_fleet_loop_table_comes_from_the_loops_results(tmp_path):
