@@ -408,6 +408,10 @@ def _longest(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if best[r["regime"]] is r]
 
 
+def _kl_on_labeled(row: dict[str, Any]) -> str:
+    return "yes" if row["kd_labeled"] == "all" else "no"
+
+
 def _gain(d: dict) -> str:
     return f"{d['mean']:+.1f}" + ("" if d.get("se") is None else f" ± {d['se']:.1f}")
 
@@ -421,8 +425,8 @@ def section_xmodel_kd(results: Path) -> str:
         ["regime", "KL on labeled points", "steps", "seeds", "baseline", "xModel-KD",
          "gain, paired ± se (per val world)", "seeds ahead", "classes that change (IoU points)",
          "s/step baseline / xModel-KD"],
-        [[_regime_text(r["regime"]), "yes" if r["kd_labeled"] == "all" else "no", r["steps"], r["seeds"],
-          _num(r["baseline"]), _num(r["kd"]),
+        [[_regime_text(r["regime"]), _kl_on_labeled(r), r["steps"], r["seeds"], _num(r["baseline"]),
+          _num(r["kd"]),
           " / ".join(f"**{_gain(g)}** ({seq})" for seq, g in r["gains"]),
           " / ".join(f"{a}/{r['seeds']}" for a in r["ahead"]),
           ", ".join(f"{c} {v:+.1f}" for c, v in r["classes"]) or "-",
@@ -448,8 +452,8 @@ def section_xmodel_kd_summary(results: Path) -> str:
         return f"_No measured rows yet (`bench/results/{XMODEL_KD}`)._"
     table = _table(["regime", "KL on labeled points", "steps", "seeds", "baseline", "xModel-KD",
                     "gain (paired ± se, per val world)"],
-                   [[_regime_text(r["regime"]), "yes" if r["kd_labeled"] == "all" else "no", r["steps"],
-                     r["seeds"], _num(r["baseline"]), _num(r["kd"]),
+                   [[_regime_text(r["regime"]), _kl_on_labeled(r), r["steps"], r["seeds"],
+                     _num(r["baseline"]), _num(r["kd"]),
                      " / ".join(f"**{_gain(g)}**" for _, g in r["gains"])] for r in _longest(rows)])
     return (f"mIoU of the LiDAR branch alone, full scan, on two synthetic worlds never trained on; "
             f"{manifest['machine']}, {manifest['date']}; set-up and per-class figures: "

@@ -128,7 +128,7 @@ class DistillationConfig:
     kd_arbiter: bool = False
     #: Whether the KL also reaches labeled points ("all") or only those without a label ("none": with
     #: every point labeled the LiDAR branch learns as the baseline's). Even where the teacher's class is
-    #: the label, its tempered distribution pulled dense-label students 12 mIoU down (docs/results.md).
+    #: the label, its tempered distribution pulled densely labeled students down (docs/results.md).
     kd_labeled: Literal["all", "none"] = "all"
 
     def __post_init__(self) -> None:
