@@ -38,6 +38,15 @@ def paired(values: list[float], ref: list[float]) -> dict:
             "signs": "".join("+" if d > 0 else "-" if d < 0 else "0" for d in diffs)}
 
 
+def run_config(rd: Path) -> dict | None:
+    """The config a training run ran with (the `config.yaml` xkd-train writes into its folder), so a report
+    states the recipe it measured even after a preset changes; None before the run started."""
+    import yaml
+
+    path = rd / "config.yaml"
+    return yaml.safe_load(path.read_text()) if path.is_file() else None
+
+
 def write_report(res: dict, out: Path, markdown: str) -> None:
     """The results JSON to `out`, its tables to stdout."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -53,9 +53,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import yaml
-
-from experiments.common import BIN, REPO, paired, run, run_stages
+from experiments.common import BIN, REPO, paired, run, run_config, run_stages
 from experiments.xmodel_kd_stages import (  # world A, the teacher's world and its training are the stages'
     CONFIGS,
     PRESET,
@@ -396,8 +394,7 @@ def collect(args: argparse.Namespace) -> dict:
         row["redeploy_node_miou_b"] = None if redeploy is None else redeploy["miou"]["full"]
         rows = read_log(finetune_dir(args, seed) / "log.jsonl")
         row["finetune_s_per_step"] = seconds_per_step(rows)
-        config = finetune_dir(args, seed) / "config.yaml"  # what the fine-tune ran with (the KL's settings)
-        ran = yaml.safe_load(config.read_text()) if config.is_file() else None
+        ran = run_config(finetune_dir(args, seed))  # what the fine-tune ran with (the KL's settings)
         row["finetune_distillation"] = None if ran is None else ran["model"]["distillation"]
         row["finetune_mix_per_batch"] = None if ran is None else (
             ran["data"]["mix"]["per_batch"] if ran["data"]["mix"]["root"] else 0)

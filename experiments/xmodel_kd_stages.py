@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from experiments.common import BIN, paired, run, run_stages
+from experiments.common import BIN, paired, run, run_config, run_stages
 
 CONFIGS = Path("config/train")
 PRESET = "synth_surround"
@@ -366,14 +366,8 @@ def teacher_summary(args: argparse.Namespace) -> dict | None:
 
 
 def run_distillation(rd: Path) -> dict | None:
-    """The `model.distillation` section a run trained with (its config.yaml), so a results file says which
-    recipe it measured even after the preset changes; None without a camera or a config."""
-    import yaml
-
-    path = rd / "config.yaml"
-    if not path.is_file():
-        return None
-    model = (yaml.safe_load(path.read_text()) or {}).get("model") or {}
+    """The `model.distillation` section a run trained with; None without a camera or a config."""
+    model = (run_config(rd) or {}).get("model") or {}
     return model.get("distillation") if model.get("use_camera") else None
 
 
